@@ -1,0 +1,5 @@
+"""`python -m diffusion_utils ...`: see `cli.py`."""
+
+from diffusion_utils.cli import main
+
+raise SystemExit(main())
