@@ -37,8 +37,8 @@ _CANDIDATES = (
 
 _FIX_HINT = (
     "install an optimised BLAS (Debian/Ubuntu: `sudo apt-get install libopenblas0-pthread`; "
-    "or use the conda environment.yml), or point {var}=/path/to/libopenblas.so.0 at one"
-).format(var=ENV_VAR)
+    f"or use the conda environment.yml), or point {ENV_VAR}=/path/to/libopenblas.so.0 at one"
+)
 
 _state: dict = {"loaded": None, "warned": False, "reason": None}
 
