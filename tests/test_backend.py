@@ -1,0 +1,77 @@
+"""The fast-BLAS set-up and `python -m diffusion_utils doctor`, each in a fresh interpreter."""
+
+import ctypes.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SYSTEM_OPENBLAS = ctypes.util.find_library("openblas")
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+
+
+def test_doctor_json_reports_platform_and_blas():
+    result = subprocess.run(
+        [sys.executable, "-m", "diffusion_utils", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(report) >= {"os", "python", "mlx", "device", "blas", "sgemm_gflops"}
+    assert report["sgemm_gflops"] > 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the BLAS set-up only acts on Linux")
+@pytest.mark.skipif(SYSTEM_OPENBLAS is None, reason="no system OpenBLAS installed (set-up not run as root)")
+def test_fast_blas_is_in_use_when_installed():
+    result = run_python("import diffusion_utils.backend as b; print(b.blas_in_use())")
+    assert result.returncode == 0, result.stderr
+    assert "openblas" in Path(result.stdout.strip()).name.lower()
+    assert "RuntimeWarning" not in result.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the BLAS set-up only acts on Linux")
+def test_importing_mlx_first_warns_once_with_the_fix():
+    code = (
+        "import mlx.core\n"
+        "import diffusion_utils\n"
+        "from diffusion_utils import backend\n"
+        "backend.setup_blas(); backend.setup_blas()\n"
+    )
+    result = run_python(code, DIFFUSION_UTILS_BLAS="")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("RuntimeWarning") == 1
+    assert "import diffusion_utils first" in result.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the BLAS set-up only acts on Linux")
+def test_environment_variable_turns_it_off():
+    result = run_python(
+        "import diffusion_utils.backend as b; print(b.blas_in_use())", DIFFUSION_UTILS_BLAS="off"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "disabled by DIFFUSION_UTILS_BLAS=off" in result.stdout
+    assert "RuntimeWarning" not in result.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the BLAS set-up only acts on Linux")
+def test_unloadable_library_is_one_clear_warning():
+    result = run_python("import diffusion_utils", DIFFUSION_UTILS_BLAS="/nonexistent/libfoo.so")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("RuntimeWarning") == 1
+    assert "/nonexistent/libfoo.so could not be loaded" in result.stderr
+    assert "libopenblas0-pthread" in result.stderr
