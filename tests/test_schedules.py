@@ -3,11 +3,11 @@
 import math
 
 import diffusion_utils  # noqa: F401  (fast BLAS before mlx.core)
+from diffusion_utils.schedules import SCHEDULE_KINDS, NoiseSchedule, make_schedule
+
 import mlx.core as mx
 import numpy as np
 import pytest
-
-from diffusion_utils.schedules import SCHEDULE_KINDS, NoiseSchedule, make_schedule
 
 
 @pytest.mark.parametrize("kind", SCHEDULE_KINDS)
