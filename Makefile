@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+comma := ,
+# MLX backend extra on Linux: cpu (default) or cuda (`make MLX_BACKEND=cuda test`); none on macOS.
+MLX_BACKEND ?= $(if $(filter Linux,$(shell uname -s)),cpu,)
+EXTRAS := dev$(if $(MLX_BACKEND),$(comma)$(MLX_BACKEND),)
 
 .PHONY: run test lint lab bench clean
 
@@ -10,7 +14,7 @@ $(STAMP): pyproject.toml
 	@bash .ci/install-system-blas
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	@touch $@
 
 ## run: execute every notebook headless (default mode); results land in outputs/
