@@ -4,9 +4,9 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from diffusion_utils import tutorial
+
+import pytest
 
 NOTEBOOKS = tutorial.find_notebooks()
 CELL_TIMEOUT_S = 600  # a generous per-cell limit: fast mode is meant to take seconds
