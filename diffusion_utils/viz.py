@@ -1,0 +1,185 @@
+"""Pictures for the notebooks: image grids, noising strips, schedule and loss plots, GIFs.
+
+Images come in channels-last batches `(B, H, W, C)` (C = 1 or 3), either uint8 or float in
+[-1, 1] (the model range), as numpy or MLX arrays. Plot functions take an optional `ax`
+and return the matplotlib Figure; they never touch pyplot's global state, so they work the
+same in a notebook, a test (Agg backend) or a script. Files are written with Pillow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from diffusion_utils.schedules import NoiseSchedule
+
+import mlx.core as mx
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+
+def as_uint8(images) -> np.ndarray:
+    """uint8 `(B, H, W, 3)` from a uint8 or [-1, 1] float batch `(B, H, W, C)` or one image `(H, W, C)`."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]  # (1, H, W, C)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"images must be (B, H, W, C) with C = 1 or 3, got shape {images.shape}")
+    if images.dtype != np.uint8:
+        images = np.round((np.clip(images.astype(np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images  # (B, H, W, 3)
+
+
+def image_grid(images, nrow: int | None = None, padding: int = 1, pad_value: int = 255) -> np.ndarray:
+    """Tile a batch into one uint8 image `(H', W', 3)`, `nrow` images per row (default ~sqrt(B)).
+
+    With R rows and N = nrow columns: H' = R (H + padding) + padding, W' = N (W + padding) + padding.
+    Empty cells of the last row stay at `pad_value`.
+    """
+    images = as_uint8(images)  # (B, H, W, 3)
+    b, h, w, _ = images.shape
+    ncol = _columns(b, nrow)
+    nrows = math.ceil(b / ncol)
+    grid = np.full((nrows * (h + padding) + padding, ncol * (w + padding) + padding, 3), pad_value, np.uint8)
+    for i, image in enumerate(images):
+        top, left = padding + (i // ncol) * (h + padding), padding + (i % ncol) * (w + padding)
+        grid[top : top + h, left : left + w] = image
+    return grid
+
+
+def _columns(count: int, nrow: int | None) -> int:
+    """Images per row: `nrow`, else about sqrt(count); at least 1 and at most `count`."""
+    return max(1, min(nrow or math.ceil(math.sqrt(count)), count))
+
+
+def show_images(images, titles=None, nrow: int | None = None, ax=None, scale: float = 1.2) -> Figure:
+    """Show a batch with `nrow` images per row (default ~sqrt(B)); returns the Figure.
+
+    `titles`: one string for the whole grid, or one string per image ("" for none), which
+    draws one panel per image. With `ax`, the batch is drawn as a single grid into that axes
+    (so `titles` must be one string). `scale`: inches per image.
+    """
+    images = as_uint8(images)  # (B, H, W, 3)
+    ncol = _columns(len(images), nrow)
+    nrows = math.ceil(len(images) / ncol)
+    if titles is None or isinstance(titles, str):
+        if ax is None:
+            ax = Figure(figsize=(scale * ncol, scale * nrows + 0.3), layout="constrained").add_subplot()
+        ax.imshow(image_grid(images, ncol), interpolation="nearest")
+        ax.set_axis_off()
+        if titles:
+            ax.set_title(titles)
+        return ax.figure
+    if ax is not None:
+        raise ValueError("per-image titles need one panel per image: call show_images without ax")
+    if len(titles) != len(images):
+        raise ValueError(f"got {len(titles)} titles for {len(images)} images")
+    fig = Figure(figsize=(scale * ncol, (scale + 0.25) * nrows), layout="constrained")
+    panels = fig.subplots(nrows, ncol, squeeze=False).flat  # nrows * ncol >= B
+    for panel, image, title in zip(panels, images, titles, strict=False):
+        panel.imshow(image, interpolation="nearest")
+        panel.set_title(title, fontsize=8)
+    for panel in fig.axes:
+        panel.set_axis_off()
+    return fig
+
+
+def save_grid(images, path, nrow: int | None = None, upscale: int = 4, padding: int = 1) -> Path:
+    """Write `image_grid(images, nrow, padding)` as a PNG, enlarged `upscale` times (nearest pixels)."""
+    grid = Image.fromarray(image_grid(images, nrow, padding))
+    grid = grid.resize((grid.width * upscale, grid.height * upscale), Image.Resampling.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path, format="PNG")
+    return path
+
+
+def save_gif(frames, path, duration_ms: int = 100, nrow: int | None = None, upscale: int = 4) -> Path:
+    """Write an animated, looping GIF; each frame is one image `(H, W, C)` or a batch shown as a grid.
+
+    Frames must share a shape. Pillow merges identical consecutive frames into one longer frame.
+    """
+    frames = [Image.fromarray(image_grid(frame, nrow)) for frame in frames]
+    if not frames:
+        raise ValueError("save_gif needs at least one frame")
+    size = (frames[0].width * upscale, frames[0].height * upscale)
+    frames = [frame.resize(size, Image.Resampling.NEAREST) for frame in frames]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
+    return path
+
+
+def noising_strip(x0, schedule: NoiseSchedule, timesteps: Sequence[int], seed: int = 0) -> np.ndarray:
+    """q_sample of each image at each timestep, float32 in [-1, 1], shape `(B * K, H, W, C)`.
+
+    x0: `(B, H, W, C)` uint8 or [-1, 1]; K = len(timesteps). Row b holds image b at every t
+    (use `image_grid(strip, nrow=K)`). One noise draw per image (from `seed`) is reused at every
+    t, so a strip shows the same noise growing and two schedules with the same seed differ only
+    by their alpha-bar.
+    """
+    x0 = np.asarray(x0)
+    if x0.dtype == np.uint8:
+        x0 = x0.astype(np.float32) / 127.5 - 1.0
+    x0 = mx.array(x0, dtype=mx.float32)  # (B, H, W, C)
+    b, k = x0.shape[0], len(timesteps)
+    noise = mx.random.normal(x0.shape, key=mx.random.key(seed))  # (B, H, W, C)
+    t = mx.tile(mx.array(list(timesteps), dtype=mx.int32), b)  # (B * K,)
+    x_t = schedule.q_sample(mx.repeat(x0, k, axis=0), t, mx.repeat(noise, k, axis=0))
+    return np.array(x_t)  # (B * K, H, W, C)
+
+
+def plot_schedules(schedules: Mapping[str, NoiseSchedule], ax=None, mark_t: float | None = None) -> Figure:
+    """alpha-bar (left) and log-SNR (right) against t/T for each named schedule; returns the Figure.
+
+    `ax`: a pair of axes to draw into (default: a new 2-panel figure). `mark_t`: a fraction of T
+    marked with a vertical line on both panels.
+    """
+    if ax is None:
+        fig = Figure(figsize=(10, 3.6), layout="constrained")
+        ax = fig.subplots(1, 2)
+    ax_bar, ax_snr = ax
+    for name, schedule in schedules.items():
+        frac = (np.arange(schedule.num_steps) + 1) / schedule.num_steps  # index 0 is the paper's t = 1
+        ax_bar.plot(frac, np.array(schedule.alphas_cumprod), label=name)
+        ax_snr.plot(frac, np.array(schedule.log_snr), label=name)
+    ax_bar.set(xlabel="t / T", ylabel=r"$\bar\alpha_t$", title=r"signal kept: $\bar\alpha_t$", ylim=(0, 1.02))
+    ax_snr.set(
+        xlabel="t / T",
+        ylabel=r"$\log \mathrm{SNR} = \log \bar\alpha_t / (1 - \bar\alpha_t)$",
+        title="log signal-to-noise ratio",
+    )
+    for panel in (ax_bar, ax_snr):
+        if mark_t is not None:
+            panel.axvline(mark_t, color="k", linestyle=":", linewidth=1)
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize=8)
+    return ax_bar.figure
+
+
+def plot_loss(history, ax=None, smoothing: float = 0.98) -> Figure:
+    """Training loss, raw (faint) and smoothed; returns the Figure.
+
+    history: losses, one per step, or (step, loss) pairs. The smoothed curve is a debiased
+    exponential moving average with factor `smoothing` (0 = none), as TensorBoard draws it.
+    """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}")
+    values = np.asarray(history, dtype=np.float64)
+    steps, losses = (values[:, 0], values[:, 1]) if values.ndim == 2 else (np.arange(len(values)), values)
+    smoothed, average = np.empty_like(losses), 0.0
+    for i, loss in enumerate(losses):
+        average = smoothing * average + (1.0 - smoothing) * loss
+        smoothed[i] = average / (1.0 - smoothing ** (i + 1))  # debias the zero start
+    if ax is None:
+        ax = Figure(figsize=(6, 3.5), layout="constrained").add_subplot()
+    ax.plot(steps, losses, alpha=0.3, linewidth=0.8, label="loss")
+    ax.plot(steps, smoothed, linewidth=1.5, label=f"smoothed ({smoothing})")
+    if len(losses) and np.all(losses > 0):
+        ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel="loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax.figure
