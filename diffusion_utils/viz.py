@@ -112,6 +112,11 @@ def save_gif(frames, path, duration_ms: int = 100, nrow: int | None = None, upsc
     return path
 
 
+def timestep_index(t_frac, num_steps: int):
+    """Index into a schedule's arrays for a fraction t/T in [0, 1] (index 0 is the paper's t = 1)."""
+    return np.clip(np.round(np.asarray(t_frac) * num_steps).astype(int) - 1, 0, num_steps - 1)
+
+
 def noising_strip(x0, schedule: NoiseSchedule, timesteps: Sequence[int], seed: int = 0) -> np.ndarray:
     """q_sample of each image at each timestep, float32 in [-1, 1], shape `(B * K, H, W, C)`.
 
@@ -126,7 +131,7 @@ def noising_strip(x0, schedule: NoiseSchedule, timesteps: Sequence[int], seed: i
     x0 = mx.array(x0, dtype=mx.float32)  # (B, H, W, C)
     b, k = x0.shape[0], len(timesteps)
     noise = mx.random.normal(x0.shape, key=mx.random.key(seed))  # (B, H, W, C)
-    t = mx.tile(mx.array(list(timesteps), dtype=mx.int32), b)  # (B * K,)
+    t = mx.tile(mx.array(np.asarray(timesteps, dtype=np.int32)), b)  # (B * K,)
     x_t = schedule.q_sample(mx.repeat(x0, k, axis=0), t, mx.repeat(noise, k, axis=0))
     return np.array(x_t)  # (B * K, H, W, C)
 

@@ -130,3 +130,9 @@ def test_plot_loss_smooths_a_noisy_curve():
     assert abs(smoothed.get_ydata()[0] - losses[0]) < 1e-12  # debiased: starts at the first loss
     with pytest.raises(ValueError, match="smoothing"):
         viz.plot_loss(losses, smoothing=1.0)
+
+
+def test_timestep_index_matches_plot_axis():
+    assert viz.timestep_index(0.0, 1000) == 0
+    assert viz.timestep_index(1.0, 1000) == 999
+    np.testing.assert_array_equal(viz.timestep_index([0.25, 0.5], 100), [24, 49])  # (index + 1) / T = t/T

@@ -1,0 +1,137 @@
+"""Interactive explorers for the notebooks (ipywidgets).
+
+Each explorer wires a plain update function to sliders with `ipywidgets.interactive`; the
+function takes the slider values and returns a matplotlib Figure, so tests and scripts can
+call it directly. The explorers hold no maths of their own: schedules come from
+`diffusion_utils.schedules`, pictures from `diffusion_utils.viz`.
+"""
+
+from __future__ import annotations
+
+from diffusion_utils import schedules, viz
+
+import numpy as np
+from matplotlib.figure import Figure
+
+STRIP_FRACTIONS = np.linspace(0.125, 1.0, 8)  # t/T of the fixed columns of the noising strip
+
+
+def _message_figure(title: str, message: str) -> Figure:
+    """A small figure that shows a message instead of plots (for slider values that make no schedule)."""
+    fig = Figure(figsize=(10, 2))
+    fig.text(0.5, 0.6, title, ha="center", fontsize=13, color="tab:red")
+    fig.text(0.5, 0.3, message, ha="center", fontsize=10, wrap=True)
+    return fig
+
+
+def update_schedule_view(
+    kind: str = "cosine",
+    num_steps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    cosine_s: float = 0.008,
+    sigmoid_start: float = -3.0,
+    sigmoid_end: float = 3.0,
+    sigmoid_tau: float = 1.0,
+    t_frac: float = 0.5,
+    images=None,
+    seed: int = 0,
+) -> Figure:
+    """Curves of one schedule with timestep t marked, and `images` noised along it.
+
+    Top: alpha-bar and log-SNR against t/T, with t = `t_frac` T marked. Bottom (when `images`,
+    a `(B, H, W, C)` uint8 or [-1, 1] batch, is given): one row per image with x_0, x_t at
+    t/T = 1/8 ... 8/8 and x_t at the chosen t, all with the same noise (`seed`). The title gives
+    t, alpha-bar_t and SNR_t. Parameters that make no valid schedule give a figure that says
+    why instead of raising.
+    """
+    params = {
+        "linear": {"beta_start": beta_start, "beta_end": beta_end},
+        "cosine": {"s": cosine_s},
+        "sigmoid": {"start": sigmoid_start, "end": sigmoid_end, "tau": sigmoid_tau},
+    }.get(kind, {})
+    try:
+        if kind == "linear" and beta_start > beta_end:
+            raise ValueError(f"beta_start ({beta_start:.3g}) must not exceed beta_end ({beta_end:.3g})")
+        with np.errstate(all="ignore"):  # a degenerate sigmoid divides by zero; NoiseSchedule says so
+            schedule = schedules.make_schedule(kind, int(num_steps), **params)
+    except ValueError as err:
+        return _message_figure("These settings make no valid schedule", str(err))
+
+    t = int(viz.timestep_index(t_frac, schedule.num_steps))
+    abar, snr = float(schedule.alphas_cumprod[t]), float(schedule.snr[t])
+    mosaic = [["bar", "snr"]] + ([["strip", "strip"]] if images is not None else [])
+    n_rows = 0 if images is None else len(images)
+    fig = Figure(figsize=(11, 3.6 + 1.0 * n_rows), layout="constrained")
+    axes = fig.subplot_mosaic(mosaic, height_ratios=[3.2] + ([1.0 * n_rows] if n_rows else []))
+    viz.plot_schedules({kind: schedule}, ax=(axes["bar"], axes["snr"]), mark_t=(t + 1) / schedule.num_steps)
+    fig.suptitle(
+        f"{kind}, T = {schedule.num_steps}, t = {t + 1} (t/T = {(t + 1) / schedule.num_steps:.3f}):  "
+        rf"$\bar\alpha_t$ = {abar:.4g},  SNR$_t$ = {snr:.4g}"
+    )
+    if images is not None:
+        steps = [*viz.timestep_index(STRIP_FRACTIONS, schedule.num_steps), t]
+        x0 = viz.as_uint8(images)  # (B, H, W, 3)
+        noised = viz.noising_strip(x0, schedule, steps, seed).reshape(len(x0), len(steps), *x0.shape[1:])
+        x0 = x0[:, None].astype(np.float32) / 127.5 - 1.0  # (B, 1, H, W, 3)
+        rows = np.concatenate([x0, noised], axis=1).reshape(-1, *x0.shape[2:])  # (B * (K + 2), H, W, 3)
+        ax = axes["strip"]
+        ax.imshow(viz.image_grid(rows, nrow=len(steps) + 1), interpolation="nearest")
+        labels = ["$x_0$"] + [f"{f:.3g}" for f in STRIP_FRACTIONS] + [f"t = {t + 1}"]
+        ax.set_xticks(1 + (x0.shape[3] + 1) * np.arange(len(labels)) + (x0.shape[3] - 1) / 2, labels)
+        ax.set_yticks([])
+        ax.set_xlabel("t / T (same noise in every column; last column: the chosen t)")
+    return fig
+
+
+def schedule_explorer(images=None, seed: int = 0):
+    """Sliders for a noise schedule that redraw `update_schedule_view`; returns the widget.
+
+    `images`: the batch to noise, default one style image and one real painting
+    (`default_explorer_images`).
+    """
+    import ipywidgets as w
+
+    if images is None:
+        images = default_explorer_images()
+    style = {"description_width": "9em"}
+    layout = w.Layout(width="34em")
+
+    def slider(cls, value, lo, hi, step, description, **extra):
+        return cls(
+            value=value, min=lo, max=hi, step=step, description=description,
+            continuous_update=False, style=style, layout=layout, **extra,
+        )  # fmt: skip
+
+    controls = {
+        "kind": w.Dropdown(
+            options=schedules.SCHEDULE_KINDS, value="cosine", description="schedule", style=style
+        ),
+        "num_steps": slider(w.IntSlider, 1000, 10, 2000, 10, "T (steps)"),
+        "beta_start": slider(w.FloatLogSlider, 1e-4, -5, -1, 0.1, "linear beta_start", base=10),
+        "beta_end": slider(w.FloatLogSlider, 0.02, -3, -0.3, 0.1, "linear beta_end", base=10),
+        "cosine_s": slider(w.FloatSlider, 0.008, 0.0, 0.2, 0.001, "cosine s", readout_format=".3f"),
+        "sigmoid_start": slider(w.FloatSlider, -3.0, -10.0, 3.0, 0.5, "sigmoid start"),
+        "sigmoid_end": slider(w.FloatSlider, 3.0, -3.0, 10.0, 0.5, "sigmoid end"),
+        "sigmoid_tau": slider(w.FloatSlider, 1.0, 0.1, 3.0, 0.1, "sigmoid tau"),
+        "t_frac": slider(w.FloatSlider, 0.5, 0.0, 1.0, 0.01, "t / T"),
+    }
+    owner = {"beta_start": "linear", "beta_end": "linear", "cosine_s": "cosine"}
+    owner.update({name: "sigmoid" for name in ("sigmoid_start", "sigmoid_end", "sigmoid_tau")})
+
+    def grey_out_other_kinds(change=None):
+        for name, kind in owner.items():
+            controls[name].disabled = controls["kind"].value != kind
+
+    controls["kind"].observe(grey_out_other_kinds, names="value")
+    grey_out_other_kinds()
+    return w.interactive(update_schedule_view, images=w.fixed(images), seed=w.fixed(seed), **controls)
+
+
+def default_explorer_images(size: int = 32, painting: int = 0) -> np.ndarray:
+    """One procedural style image and one real painting, uint8 `(2, size, size, 3)`."""
+    from diffusion_utils import data
+
+    style_image, _ = data.make_styles(1, size, seed=0, style="concentric")
+    paintings, _ = data.load_paintings(size)
+    return np.concatenate([style_image, paintings[painting : painting + 1]])
