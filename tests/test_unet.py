@@ -4,6 +4,7 @@ import json
 import math
 
 from diffusion_utils.unet import (
+    GroupNorm,
     UNet,
     UNetConfig,
     count_flops,
@@ -68,6 +69,14 @@ def test_timestep_embedding_distinct_and_accepts_float_t():
 def test_timestep_embedding_rejects_odd_dim():
     with pytest.raises(ValueError, match="even"):
         timestep_embedding(mx.array([1]), 7)
+
+
+def test_group_norm_matches_mlx_pytorch_compatible_group_norm():
+    x = 3.0 + 2.0 * mx.random.normal((2, 4, 4, 12), key=mx.random.key(1))
+    ours, reference = GroupNorm(3, 12), nn.GroupNorm(3, 12, pytorch_compatible=True)
+    ours.weight = reference.weight = mx.arange(12) / 6.0
+    ours.bias = reference.bias = mx.ones(12)
+    np.testing.assert_allclose(np.array(ours(x)), np.array(reference(x)), atol=1e-5)
 
 
 # ---- shapes and initial output ----------------------------------------------------------
