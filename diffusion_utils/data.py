@@ -12,6 +12,7 @@ and `to_uint8` convert to and from the float32 `[-1, 1]` range the models work i
   the Met's Open Access collection, committed under `data/paintings/` (built by
   `data/build_paintings.py`; see `data/README.md` for sources and licences).
 - **Your own images** (`load_image_folder`): a folder whose subfolders are the classes.
+- **A photograph** (`load_photo`): matplotlib's bundled `grace_hopper.jpg`, for image-to-image.
 - **Batches** (`BatchIterator`): infinite, seeded, reshuffled every epoch, random
   horizontal flips, resumable from a JSON-serialisable `state_dict()`.
 """
@@ -373,7 +374,10 @@ def read_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """
     with Image.open(path) as img:
         rgb = _to_rgb(img)
-    rgb = ImageOps.fit(rgb, (size, size), method=Image.Resampling.LANCZOS, reducing_gap=3.0)
+    w, h = rgb.size
+    side = min(w, h)
+    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+    rgb = rgb.resize((size, size), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
     return np.asarray(rgb, dtype=np.uint8)
 
 
@@ -461,6 +465,13 @@ def load_paintings(size: int = 32) -> tuple[np.ndarray, list[dict[str, str]]]:
     return images, rows
 
 
+def load_photo(size: int = 64) -> np.ndarray:
+    """matplotlib's sample photograph of Grace Hopper -> uint8 (size, size, 3), for image-to-image."""
+    from matplotlib import cbook  # imported here: only this function needs matplotlib
+
+    return read_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), size)
+
+
 def painting_era(begin_year: int) -> int:
     """Label of a painting by the year it was begun: index into `PAINTINGS_ERAS`."""
     return 0 if begin_year < 1500 else 1 if begin_year < 1700 else 2
@@ -481,7 +492,7 @@ def load_dataset(name_or_path: str | os.PathLike, size: int = 32, seed: int = 0,
 
     - "styles": `make_styles(n or DEFAULT_STYLES_N, size, seed)`, labels = `STYLES`.
     - "paintings": the 174 Met paintings, labelled by era (`PAINTINGS_ERAS`: begun before
-      1500 / 1500-1699 / 1700 onwards, 74 / 55 / 45 paintings).
+      1500 / 1500-1699 / 1700 onwards: 51 / 58 / 65 paintings).
     - a folder: `load_image_folder(path, size)`.
     For paintings and folders, `n` keeps a seeded random subset of n images.
     """
