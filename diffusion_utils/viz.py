@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from diffusion_utils.data import to_model_range, to_uint8
 from diffusion_utils.schedules import NoiseSchedule
 
 import mlx.core as mx
@@ -28,7 +29,7 @@ def as_uint8(images) -> np.ndarray:
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"images must be (B, H, W, C) with C = 1 or 3, got shape {images.shape}")
     if images.dtype != np.uint8:
-        images = np.round((np.clip(images.astype(np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+        images = to_uint8(images)
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images  # (B, H, W, 3)
 
 
@@ -126,9 +127,7 @@ def noising_strip(x0, schedule: NoiseSchedule, timesteps: Sequence[int], seed: i
     by their alpha-bar.
     """
     x0 = np.asarray(x0)
-    if x0.dtype == np.uint8:
-        x0 = x0.astype(np.float32) / 127.5 - 1.0
-    x0 = mx.array(x0, dtype=mx.float32)  # (B, H, W, C)
+    x0 = to_model_range(x0) if x0.dtype == np.uint8 else mx.array(x0, dtype=mx.float32)  # (B, H, W, C)
     b, k = x0.shape[0], len(timesteps)
     noise = mx.random.normal(x0.shape, key=mx.random.key(seed))  # (B, H, W, C)
     t = mx.tile(mx.array(np.asarray(timesteps, dtype=np.int32)), b)  # (B * K,)

@@ -8,7 +8,7 @@ call it directly. The explorers hold no maths of their own: schedules come from
 
 from __future__ import annotations
 
-from diffusion_utils import schedules, viz
+from diffusion_utils import data, schedules, viz
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -73,7 +73,7 @@ def update_schedule_view(
         steps = [*viz.timestep_index(STRIP_FRACTIONS, schedule.num_steps), t]
         x0 = viz.as_uint8(images)  # (B, H, W, 3)
         noised = viz.noising_strip(x0, schedule, steps, seed).reshape(len(x0), len(steps), *x0.shape[1:])
-        x0 = x0[:, None].astype(np.float32) / 127.5 - 1.0  # (B, 1, H, W, 3)
+        x0 = np.asarray(data.to_model_range(x0))[:, None]  # (B, 1, H, W, 3)
         rows = np.concatenate([x0, noised], axis=1).reshape(-1, *x0.shape[2:])  # (B * (K + 2), H, W, 3)
         ax = axes["strip"]
         ax.imshow(viz.image_grid(rows, nrow=len(steps) + 1), interpolation="nearest")
@@ -128,10 +128,14 @@ def schedule_explorer(images=None, seed: int = 0):
     return w.interactive(update_schedule_view, images=w.fixed(images), seed=w.fixed(seed), **controls)
 
 
-def default_explorer_images(size: int = 32, painting: int = 0) -> np.ndarray:
-    """One procedural style image and one real painting, uint8 `(2, size, size, 3)`."""
-    from diffusion_utils import data
+def default_explorer_images(size: int = 32, painting: str = "Wheat Field with Cypresses") -> np.ndarray:
+    """A procedural style image and the first painting whose title contains `painting` (any case).
 
+    Returns uint8 `(2, size, size, 3)`: the style image, then the painting.
+    """
     style_image, _ = data.make_styles(1, size, seed=0, style="concentric")
-    paintings, _ = data.load_paintings(size)
-    return np.concatenate([style_image, paintings[painting : painting + 1]])
+    paintings, rows = data.load_paintings(size)
+    matches = [i for i, row in enumerate(rows) if painting.lower() in row["title"].lower()]
+    if not matches:
+        raise ValueError(f"no painting title contains {painting!r}; see data/paintings/metadata.csv")
+    return np.concatenate([style_image, paintings[matches[0]][None]])

@@ -98,5 +98,12 @@ def test_explorer_builds_and_redraws():
 
 
 def test_default_images_are_a_style_image_and_a_painting():
-    images = widgets.default_explorer_images(size=32)
+    from diffusion_utils import data
+
+    images = widgets.default_explorer_images(size=32, painting="wheat field")
     assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+    paintings, rows = data.load_paintings(32)
+    index = next(i for i, row in enumerate(rows) if row["title"] == "Wheat Field with Cypresses")
+    np.testing.assert_array_equal(images[1], paintings[index])
+    with pytest.raises(ValueError, match="no painting title"):
+        widgets.default_explorer_images(painting="no such painting")
