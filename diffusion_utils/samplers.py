@@ -120,7 +120,8 @@ class Sampler:
         self.schedule = schedule
         self.prediction = prediction
         self.clip_x0 = clip_x0
-        self._abar = np.asarray(schedule.alphas_cumprod, dtype=np.float64)  # (T,)
+        # abar in float64 from the betas: 1 - abar_t / abar_p stays exact for adjacent steps
+        self._abar = np.cumprod(1.0 - np.asarray(schedule.betas, dtype=np.float64))  # (T,)
         self.set_timesteps(schedule.num_steps)
 
     default_spacing = "trailing"
