@@ -112,6 +112,8 @@ class Sampler:
             (Ho et al.'s `clip_denoised`); eps is then recomputed to match the clipped x0.
     """
 
+    default_spacing = "trailing"
+
     def __init__(self, schedule: NoiseSchedule, prediction: str = "eps", clip_x0: bool = True):
         if prediction not in PREDICTIONS:
             raise ValueError(
@@ -123,8 +125,6 @@ class Sampler:
         # abar in float64 from the betas: 1 - abar_t / abar_p stays exact for adjacent steps
         self._abar = np.cumprod(1.0 - np.asarray(schedule.betas, dtype=np.float64))  # (T,)
         self.set_timesteps(schedule.num_steps)
-
-    default_spacing = "trailing"
 
     def set_timesteps(self, num_steps: int, spacing: str | None = None) -> None:
         """Visit `num_steps` of the T timesteps, spaced as `make_timesteps` describes.
@@ -203,17 +203,17 @@ class DDPMSampler(Sampler):
         p = self.prev_timestep(t)
         abar_t, abar_p = self.alpha_bar(t), self.alpha_bar(p)
         alpha = abar_t / abar_p  # respaced alpha_t
-        # 1. predicted x0 (eq. 15 solved for x0, or from v)
+        # 1. predicted x0 (eq. 15, or from v)
         x0, _ = self.predict_x0_eps(model_output, t, x_t)
         # 2. posterior mean mu_tilde (eq. 7)
         coef_x0 = math.sqrt(abar_p) * (1.0 - alpha) / (1.0 - abar_t)
         coef_xt = math.sqrt(alpha) * (1.0 - abar_p) / (1.0 - abar_t)
-        mean = coef_x0 * x0 + coef_xt * x_t  # (B, H, W, C)
+        x_p = coef_x0 * x0 + coef_xt * x_t  # (B, H, W, C)
         # 3. add sigma_t z (Algorithm 2, line 4)
         sigma = self.sigma(t)
         if sigma > 0:
-            mean = mean + sigma * _noise(x_t.shape, key, "DDPMSampler")
-        return StepOutput(mean, x0)
+            x_p = x_p + sigma * _noise(x_t.shape, key, "DDPMSampler")
+        return StepOutput(x_p, x0)
 
 
 class DDIMSampler(Sampler):
@@ -226,7 +226,7 @@ class DDIMSampler(Sampler):
 
     def __init__(self, schedule: NoiseSchedule, eta: float = 0.0, prediction: str = "eps",
                  clip_x0: bool = True):
-        if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+        if not (isinstance(eta, (int, float, np.floating)) and math.isfinite(eta) and eta >= 0):
             raise ValueError(f"eta must be a number >= 0 (0 = deterministic, 1 = DDPM), got {eta!r}")
         self.eta = float(eta)
         super().__init__(schedule, prediction, clip_x0)
