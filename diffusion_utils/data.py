@@ -42,6 +42,7 @@ STYLES = (
     "ink_landscape",  # shan shui: misty ink mountain ridges on paper, a red seal
 )
 
+STYLES_VERSION = 1  # bump whenever a style's drawing changes: caches of trained models key on it
 DEFAULT_STYLES_N = 8192  # default "styles" training set: 1024 per style, ~3 s to draw at 32 px
 PAINTINGS_ERAS = ("before_1500", "1500_1699", "1700_onwards")  # labels of the paintings set
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # the repository's data/ folder
@@ -122,14 +123,14 @@ def _de_stijl(rng: np.random.Generator, s: int) -> np.ndarray:
 def _color_field(rng: np.random.Generator, s: int) -> np.ndarray:
     v, u = _grid(s)
     hue = rng.random()
-    ground = _hsv(hue, rng.uniform(0.5, 0.9), rng.uniform(0.2, 0.55))
+    ground = _hsv(hue, rng.uniform(0.4, 0.85), rng.uniform(0.15, 0.5))
     img = ground * (1 + 0.06 * _smooth_noise(rng, s, 6))[..., None]  # (s, s, 3)
     k = rng.integers(2, 4)  # stacked rectangles
     side, top, gap = rng.uniform(0.07, 0.14), rng.uniform(0.05, 0.1), rng.uniform(0.03, 0.07)
     heights = rng.dirichlet(np.full(k, 3.0)) * (1 - 2 * top - (k - 1) * gap)
     y0 = top + np.concatenate([[0], np.cumsum(heights[:-1] + gap)])
-    hues = (hue + rng.choice([0.0, 0.05, -0.05, 0.5], k) + rng.normal(0, 0.03, k)) % 1
-    colours = _hsv(hues, rng.uniform(0.5, 0.95, k), rng.uniform(0.55, 0.95, k))  # (k, 3)
+    hues = (hue + rng.uniform(-0.08, 0.08, k)) % 1  # analogous colours, as in Rothko
+    colours = _hsv(hues, rng.uniform(0.4, 0.85, k), rng.uniform(0.45, 0.9, k))  # (k, 3)
     soft = max(rng.uniform(0.012, 0.03), 1 / s)  # blurred edges, at least a pixel wide
     du = np.minimum(u - side, 1 - side - u)  # (1, s) distance inside the left/right edges
     ragged = 0.012 * _smooth_noise(rng, s, 10)
@@ -143,9 +144,9 @@ def _color_field(rng: np.random.Generator, s: int) -> np.ndarray:
 
 def _concentric(rng: np.random.Generator, s: int) -> np.ndarray:
     r = 2 * s
-    g = rng.choice([1, 2], p=[0.3, 0.7])  # g x g squares, each with its own rings
+    g = 2  # 2 x 2 squares, each with its own rings (r is even, so g divides it)
     k = rng.integers(3, 6)  # rings per square
-    c, _ = _grid(r // g)  # coordinates inside one square (r is even, so g divides it)
+    c, _ = _grid(r // g)  # coordinates inside one square
     img = np.empty((r, r, 3), np.float32)
     for i in range(g):
         for j in range(g):
@@ -377,7 +378,7 @@ def read_image(path: str | os.PathLike, size: int) -> np.ndarray:
     w, h = rgb.size
     side = min(w, h)
     box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-    rgb = rgb.resize((size, size), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    rgb = rgb.crop(box).resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return np.asarray(rgb, dtype=np.uint8)
 
 
