@@ -26,6 +26,8 @@ SCHEDULE_KINDS = ("linear", "cosine", "sigmoid")
 
 def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
     """Linearly increasing betas (Ho et al. 2020, sec. 4: 1e-4 to 0.02 over T=1000 steps)."""
+    if beta_start > beta_end:
+        raise ValueError(f"beta_start ({beta_start:.3g}) must not exceed beta_end ({beta_end:.3g})")
     return np.linspace(beta_start, beta_end, num_steps, dtype=np.float64)
 
 
@@ -36,6 +38,8 @@ def _betas_from_alpha_bar(alpha_bar: np.ndarray, max_beta: float) -> np.ndarray:
 
 def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
     """Cosine schedule (Nichol & Dhariwal 2021, eq. 17): alpha_bar(t) = cos^2((t/T + s)/(1 + s) pi/2)."""
+    if s < 0:
+        raise ValueError(f"the cosine offset s must be >= 0, got {s}")
     t = np.linspace(0.0, 1.0, num_steps + 1, dtype=np.float64)
     f = np.cos((t + s) / (1.0 + s) * math.pi / 2) ** 2
     return _betas_from_alpha_bar(f / f[0], max_beta)
@@ -45,6 +49,9 @@ def sigmoid_betas(
     num_steps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0, max_beta: float = 0.999
 ) -> np.ndarray:
     """Sigmoid schedule (Chen 2023, "On the Importance of Noise Scheduling", arXiv:2301.10972, alg. 1)."""
+
+    if not start < end or tau <= 0:
+        raise ValueError(f"the sigmoid schedule needs start < end and tau > 0, got {start}, {end}, {tau}")
 
     def sigmoid(x):
         return 1.0 / (1.0 + np.exp(-x))

@@ -125,6 +125,10 @@ def test_config_round_trip():
         ("linear", 100, {"beta_end": 1.5}, "every beta must lie in (0, 1)"),
         ("linear", 100, {"beta_start": 0.0}, "every beta must lie in (0, 1)"),
         ("cosine", 100, {"offset": 1}, "bad parameter for the cosine schedule"),
+        ("linear", 100, {"beta_start": 0.1, "beta_end": 0.01}, "beta_start (0.1) must not exceed beta_end"),
+        ("cosine", 100, {"s": -0.1}, "the cosine offset s must be >= 0"),
+        ("sigmoid", 100, {"start": 2.0, "end": 2.0}, "the sigmoid schedule needs start < end and tau > 0"),
+        ("sigmoid", 100, {"tau": 0.0}, "the sigmoid schedule needs start < end and tau > 0"),
     ],
 )
 def test_bad_values_say_what_is_allowed(kind, num_steps, params, message):

@@ -73,7 +73,7 @@ def test_strip_shows_every_image_at_every_column():
     [
         ({"kind": "linear", "beta_start": 0.05, "beta_end": 0.01}, "beta_start"),
         ({"kind": "linear", "beta_start": 0.5, "beta_end": 1.5}, "(0, 1)"),
-        ({"kind": "sigmoid", "sigmoid_start": 1.0, "sigmoid_end": 1.0}, "beta"),
+        ({"kind": "sigmoid", "sigmoid_start": 1.0, "sigmoid_end": 1.0}, "start < end"),
         ({"kind": "cosine", "num_steps": 0}, "num_steps"),
         ({"kind": "quadratic"}, "linear, cosine, sigmoid"),
     ],
