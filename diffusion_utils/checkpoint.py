@@ -1,0 +1,224 @@
+"""Checkpoints: a folder of safetensors files plus one JSON file, written atomically. No pickle.
+
+A checkpoint is a directory (by default `<run>/checkpoint/`):
+
+    model.safetensors       the raw weights (flattened names, e.g. `down.0.res_blocks.0.conv1.weight`)
+    ema.safetensors         the exponential moving average of the weights (what samplers use)
+    optimizer.safetensors   AdamW's moments and step count (only needed to resume training)
+    config.json             format version, the training config (including the UNet config),
+                            the schedule config, class names, step, seed, data-iterator position,
+                            MLX random state, loss history, and the SHA-256 of every file above
+
+Writes are atomic: the new checkpoint is written into a hidden sibling directory, every file
+and the directory are fsynced, then the old checkpoint is renamed to `<name>.prev`, the new
+one renamed into place, and `.prev` deleted. Whenever the process dies, either `<name>` or
+`<name>.prev` is a complete checkpoint, and `find_checkpoint` picks it up. `config.json` is
+written last and holds the checksums, so a half-written or damaged file is always detected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from diffusion_utils.schedules import NoiseSchedule
+from diffusion_utils.unet import UNet, UNetConfig
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+FORMAT = "diffusion_utils.checkpoint"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+MODEL_FILE, EMA_FILE, OPTIMIZER_FILE = "model.safetensors", "ema.safetensors", "optimizer.safetensors"
+CHECKPOINT_DIR = "checkpoint"  # inside a run folder
+PREVIOUS_SUFFIX = ".prev"
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or directory to disk (directories: so the renames inside them persist)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def flat_arrays(tree) -> dict[str, mx.array]:
+    """A parameter or optimizer-state tree as {dotted name: array}, the safetensors layout."""
+    return dict(tree_flatten(tree))
+
+
+def save_checkpoint(path: str | os.PathLike, arrays: dict[str, dict[str, mx.array]], meta: dict) -> Path:
+    """Write a checkpoint directory at `path` atomically; returns `path`.
+
+    arrays: {file name: {tensor name: array}}, e.g. {"model.safetensors": flat_arrays(model.parameters())}.
+    meta: JSON-safe dict written to config.json, plus `format`, `format_version` and `files`
+    (the SHA-256 of each array file). A crash at any point leaves the previous checkpoint loadable.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by an earlier crash
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        files = {}
+        for name, tensors in arrays.items():
+            mx.save_safetensors(str(tmp / name), tensors)
+            _fsync(tmp / name)
+            files[name] = _sha256(tmp / name)
+        config = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "files": files}
+        with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as fh:
+            json.dump(config, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    previous = target.with_name(target.name + PREVIOUS_SUFFIX)
+    if target.exists():
+        if previous.exists():  # a complete .prev next to a complete target: the older one goes
+            shutil.rmtree(previous)
+        os.rename(target, previous)
+    os.rename(tmp, target)
+    _fsync(target.parent)
+    if previous.exists():
+        shutil.rmtree(previous)
+    return target
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint directory that `path` names: itself, or `<path>/checkpoint` for a run folder.
+
+    Falls back to `<name>.prev` when a crash interrupted the swap of a new checkpoint.
+    Raises FileNotFoundError (one line) when there is none.
+    """
+    p = Path(path).expanduser()
+    for directory in (p, p / CHECKPOINT_DIR):
+        for candidate in (directory, directory.with_name(directory.name + PREVIOUS_SUFFIX)):
+            if (candidate / CONFIG_FILE).is_file():
+                return candidate
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    for candidate in (p, p / CHECKPOINT_DIR):
+        if candidate.is_dir() and any(candidate.glob("*.safetensors")):
+            raise FileNotFoundError(f"{candidate / CONFIG_FILE}: missing (incomplete checkpoint)")
+    raise FileNotFoundError(f"no checkpoint in {p} (expected {CONFIG_FILE} there or in {p / CHECKPOINT_DIR})")
+
+
+def has_checkpoint(path: str | os.PathLike) -> bool:
+    """True when `path` (a run folder or a checkpoint directory) holds a checkpoint, even a broken one."""
+    try:
+        find_checkpoint(path)
+    except FileNotFoundError as err:
+        return "incomplete checkpoint" in str(err)
+    return True
+
+
+def read_config(path: str | os.PathLike) -> tuple[Path, dict]:
+    """(checkpoint directory, its parsed and checked config.json) for a run folder or checkpoint."""
+    directory = find_checkpoint(path)
+    file = directory / CONFIG_FILE
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file}: not valid JSON ({err}); the checkpoint is corrupt") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{file}: not a diffusion_utils checkpoint config")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{file}: checkpoint format version {config.get('format_version')!r}, "
+                         f"this code reads version {FORMAT_VERSION}")
+    for key in ("train_config", "schedule", "class_names", "step", "files"):
+        if key not in config:
+            raise ValueError(f"{file}: missing the {key!r} entry")
+    return directory, config
+
+
+def load_arrays(directory: Path, config: dict, name: str) -> dict[str, mx.array]:
+    """The tensors of one checkpoint file, after checking that it exists and its checksum matches."""
+    file = directory / name
+    if name not in config["files"]:
+        raise ValueError(f"{file}: this checkpoint was saved without it")
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: missing")
+    if _sha256(file) != config["files"][name]:
+        raise ValueError(f"{file}: checksum mismatch (the file is truncated or corrupt)")
+    try:
+        return mx.load(str(file))
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"{file}: unreadable safetensors ({err})") from None
+
+
+def check_arrays(file: Path, arrays: dict[str, mx.array], expected: dict[str, mx.array]) -> None:
+    """Raise a one-line ValueError unless `arrays` has exactly the names and shapes of `expected`."""
+    missing, unexpected = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ValueError(f"{file}: does not match the model in {CONFIG_FILE} ({detail}"
+                         f"{', ...' if len(missing or unexpected) > 3 else ''})")
+    for key, value in expected.items():
+        if arrays[key].shape != value.shape:
+            raise ValueError(f"{file}: {key} has shape {tuple(arrays[key].shape)}, the model in "
+                             f"{CONFIG_FILE} needs {tuple(value.shape)}")
+
+
+def load_weights(model: UNet, directory: Path, config: dict, name: str) -> UNet:
+    """Load one weights file into `model` after checking names and shapes; returns the model."""
+    arrays = load_arrays(directory, config, name)
+    check_arrays(directory / name, arrays, flat_arrays(model.parameters()))
+    model.update(tree_unflatten(list(arrays.items())))
+    return model
+
+
+def build_model(directory: Path, config: dict) -> UNet:
+    """A freshly initialised UNet with the architecture stored in config.json."""
+    try:
+        return UNet(UNetConfig.from_dict(config["train_config"]["unet"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{directory / CONFIG_FILE}: bad UNet config ({err})") from None
+
+
+def load_model(path: str | os.PathLike, ema: bool = True) -> tuple[UNet, NoiseSchedule, dict]:
+    """Rebuild a trained denoiser for sampling or evaluation: (model, schedule, info).
+
+    path: a checkpoint directory or a run folder holding `checkpoint/`. ema=True loads the
+    EMA weights (better samples), False the raw ones. The model is in eval mode.
+    info: class_names (tuple), prediction ("eps" | "v"), image_size, step, num_classes,
+    null_label (= num_classes, the "no class" label; None for an unconditional model),
+    config (the training config dict), path (the checkpoint directory), ema.
+    Corrupt, truncated, missing or mismatched files raise ValueError / FileNotFoundError (one line).
+    """
+    directory, config = read_config(path)
+    model = build_model(directory, config)
+    load_weights(model, directory, config, EMA_FILE if ema else MODEL_FILE)
+    model.eval()
+    try:
+        schedule = NoiseSchedule.from_config(config["schedule"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{directory / CONFIG_FILE}: bad schedule config ({err})") from None
+    num_classes = model.config.num_classes
+    info = {
+        "class_names": tuple(config["class_names"]),
+        "prediction": config["train_config"].get("prediction", "eps"),
+        "image_size": model.config.image_size,
+        "step": int(config["step"]),
+        "num_classes": num_classes,
+        "null_label": num_classes if num_classes > 0 else None,
+        "config": config["train_config"],
+        "path": directory,
+        "ema": ema,
+    }
+    return model, schedule, info

@@ -1,0 +1,531 @@
+"""Training a diffusion denoiser: the loss, one compiled train step, EMA, and the trainer loop.
+
+References, one idea each:
+    Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (arXiv:2006.11239): predict the
+        noise, sample t uniformly, plain MSE ("L_simple", alg. 1); constant lr after a warm-up; EMA.
+    Salimans & Ho 2022, "Progressive Distillation" (arXiv:2202.00512, sec. 4): v-prediction.
+    Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting" (arXiv:2303.09556).
+    Ho & Salimans 2022, "Classifier-Free Diffusion Guidance" (arXiv:2207.12598): label dropout.
+    Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization": AdamW.
+
+The step follows mlx-examples: a free `loss_fn`, `nn.value_and_grad`, and
+`partial(mx.compile, inputs=state, outputs=state)` with
+`state = [model.state, optimizer.state, mx.random.state]`; t, the noise and the label dropout
+are drawn inside the step, which is why the random state is part of the compiled state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
+from pathlib import Path
+
+from diffusion_utils import checkpoint, data
+from diffusion_utils.schedules import SCHEDULE_KINDS, NoiseSchedule, make_schedule
+from diffusion_utils.unet import UNet, UNetConfig, count_flops, parameter_count
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_map, tree_unflatten
+from tqdm.auto import tqdm
+
+PREDICTIONS = ("eps", "v")
+WEIGHTINGS = ("none", "min_snr")
+MIN_SNR_GAMMA = 5.0  # Hang et al. 2023 use gamma = 5 for every prediction target
+
+
+@dataclass
+class TrainConfig:
+    """One training run, complete enough to repeat it (stored in every checkpoint's config.json)."""
+
+    preset: str = "custom"
+    dataset: str = "styles"  # "styles", "paintings" or an image folder (subfolders = classes)
+    image_size: int = 32
+    unet: UNetConfig = field(default_factory=UNetConfig)  # num_classes is set from the data set
+    schedule: str = "cosine"  # Nichol & Dhariwal 2021: better than linear at 32x32
+    num_timesteps: int = 1000  # T
+    prediction: str = "eps"  # "eps" (Ho et al. 2020) or "v" (Salimans & Ho 2022)
+    loss_weighting: str = "none"  # "none" (L_simple) or "min_snr" (Hang et al. 2023, gamma=5)
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100  # linear warm-up from 0, then constant
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm
+    ema_decay: float = 0.999  # EMA horizon ~1/(1-decay) steps
+    label_dropout: float = 0.1  # P(label -> null class), for classifier-free guidance
+    steps: int = 1000  # total optimiser steps
+    log_every: int = 50  # loss line in train.log
+    checkpoint_every: int = 500  # 0: only at the end
+    preview_every: int = 0  # sample grid PNG every N steps; 0: only at the end; -1: never
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.unet, dict):
+            self.unet = UNetConfig.from_dict(self.unet)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a one-line ValueError naming the first bad field."""
+
+        def check(ok: bool, name: str, want: str):
+            if not ok:
+                raise ValueError(f"TrainConfig.{name} must be {want}, got {getattr(self, name)!r}")
+
+        def is_int(value):
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+        def is_number(value):
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        for name in ("image_size", "num_timesteps", "batch_size", "steps", "log_every"):
+            check(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
+        for name in ("warmup_steps", "checkpoint_every", "seed"):
+            check(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an integer >= 0")
+        check(is_int(self.preview_every) and self.preview_every >= -1, "preview_every", "an integer >= -1")
+        check(self.schedule in SCHEDULE_KINDS, "schedule", f"one of {SCHEDULE_KINDS}")
+        check(self.prediction in PREDICTIONS, "prediction", f"one of {PREDICTIONS}")
+        check(self.loss_weighting in WEIGHTINGS, "loss_weighting", f"one of {WEIGHTINGS}")
+        check(is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate", "a number > 0")
+        check(is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        check(is_number(self.grad_clip) and self.grad_clip > 0, "grad_clip", "a number > 0")
+        check(is_number(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", "a number in [0, 1)")
+        check(is_number(self.label_dropout) and 0 <= self.label_dropout < 1, "label_dropout",
+              "a number in [0, 1)")
+        check(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "a data set name or folder")
+        check(self.unet.image_size == self.image_size, "image_size", f"equal to unet.image_size "
+              f"({self.unet.image_size})")
+
+    def to_dict(self) -> dict:
+        """A JSON-safe dict (the UNet config nested under "unet")."""
+        d = asdict(self)
+        d["unet"] = self.unet.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Inverse of `to_dict`; unknown keys or bad values raise a one-line ValueError."""
+        if not isinstance(d, dict):
+            raise ValueError(f"TrainConfig.from_dict expects a dict, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown key(s) {unknown}")
+        return cls(**{**d, "unet": UNetConfig.from_dict(d.get("unet", {}))})
+
+
+# Sizes chosen from measured train img/s on a 2-core x86_64 CPU with OpenBLAS (see the module
+# docstring of each preset's UNet in the training notebook); num_classes is filled in from the data.
+PRESETS: dict[str, TrainConfig] = {
+    # seconds: for tests and a first look at the loop; learns little
+    "smoke": TrainConfig(
+        preset="smoke", image_size=16,
+        unet=UNetConfig(image_size=16, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(8,), groups=4),
+        num_timesteps=1000, batch_size=8, learning_rate=2e-3, warmup_steps=5, ema_decay=0.9,
+        steps=30, log_every=5, checkpoint_every=0, preview_every=-1,
+    ),
+    # a few minutes: each style's colours and layout appear
+    "quick": TrainConfig(
+        preset="quick",
+        unet=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
+                        attention_resolutions=(8,)),
+        batch_size=32, learning_rate=1e-3, warmup_steps=100, ema_decay=0.995,
+        steps=1200, log_every=50, checkpoint_every=400, preview_every=0,
+    ),
+    # the shipped model's recipe: ~50 minutes of training on the same CPU
+    "full": TrainConfig(
+        preset="full",
+        unet=UNetConfig(base_channels=48, channel_mults=(1, 2, 2), num_res_blocks=2,
+                        attention_resolutions=(8,), groups=8),
+        batch_size=32, learning_rate=5e-4, warmup_steps=200, ema_decay=0.999,
+        steps=6000, log_every=100, checkpoint_every=500, preview_every=1000,
+    ),
+}
+
+
+def get_preset(name: str, **overrides) -> TrainConfig:
+    """A copy of `PRESETS[name]` with `overrides` applied (e.g. steps=..., seed=..., dataset=...)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+def loss_weights(schedule: NoiseSchedule, t: mx.array, prediction: str = "eps",
+                 weighting: str = "none", gamma: float = MIN_SNR_GAMMA) -> mx.array:
+    """Per-sample weights (B,) of the MSE for timesteps t (B,).
+
+    "none": 1. "min_snr" (Hang et al. 2023, eq. 7 and sec. 3.4): the x0-space weight
+    min(SNR, gamma) re-expressed for the network's target: / SNR for eps-prediction,
+    / (SNR + 1) for v-prediction. It stops the easy, low-noise steps from dominating.
+    """
+    if weighting == "none":
+        return mx.ones(t.shape, dtype=mx.float32)
+    if weighting != "min_snr":
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}")
+    snr = schedule.snr[t]  # (B,)
+    clipped = mx.minimum(snr, gamma)
+    return clipped / snr if prediction == "eps" else clipped / (snr + 1.0)
+
+
+def loss_fn(model: nn.Module, x0: mx.array, y: mx.array | None, t: mx.array, noise: mx.array,
+            schedule: NoiseSchedule, prediction: str = "eps", weighting: str = "none",
+            gamma: float = MIN_SNR_GAMMA) -> mx.array:
+    """The denoising loss (Ho et al. 2020, alg. 1), a scalar.
+
+    x0: clean images (B, H, W, C) in [-1, 1]; y: labels (B,) or None; t: timesteps (B,);
+    noise: standard normal like x0. The model sees x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise
+    and is asked for the noise ("eps") or for v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0 ("v").
+    Returns mean over the batch of weight(t) * mean over pixels of (prediction - target)^2.
+    """
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
+    # eq. 4, written out: NoiseSchedule.q_sample also validates t eagerly, which mx.compile cannot trace
+    a = schedule.sqrt_alphas_cumprod[t].reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
+    b = schedule.sqrt_one_minus_alphas_cumprod[t].reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
+    x_t = a * x0 + b * noise  # (B, H, W, C)
+    target = noise if prediction == "eps" else schedule.v_target(x0, t, noise)  # (B, H, W, C)
+    per_sample = mx.mean(mx.square(model(x_t, t, y) - target), axis=(1, 2, 3))  # (B,)
+    return mx.mean(loss_weights(schedule, t, prediction, weighting, gamma) * per_sample)
+
+
+def drop_labels(y: mx.array, p: float, null_label: int) -> mx.array:
+    """Replace each label by `null_label` with probability p (Ho & Salimans 2022, alg. 1).
+
+    Trains one network as both the conditional and the unconditional model, which
+    classifier-free guidance then combines at sampling time. y: (B,) int32.
+    """
+    if p <= 0:
+        return y
+    keep = mx.random.uniform(shape=y.shape) >= p  # (B,)
+    return mx.where(keep, y, null_label).astype(y.dtype)
+
+
+def update_ema(ema: dict, params: dict, decay: float) -> dict:
+    """One EMA step over a parameter tree: ema = decay * ema + (1 - decay) * w, per array.
+
+    The EMA weights average the last ~1/(1 - decay) steps of the noisy SGD trajectory
+    and give visibly cleaner samples than the raw weights (Ho et al. 2020, sec. 4).
+    """
+    return tree_map(lambda e, w: decay * e + (1.0 - decay) * w, ema, params)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """The decay used at optimiser step `step` (>= 1): min(decay, (1 + step) / (10 + step)).
+
+    The warm-up keeps the EMA from being dominated by the random initial weights in short runs
+    (the num_updates rule of TensorFlow's ExponentialMovingAverage).
+    """
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+def make_optimizer(config: TrainConfig) -> optim.AdamW:
+    """AdamW; the learning rate rises linearly from 0 over `warmup_steps`, then stays constant."""
+    lr = config.learning_rate
+    schedule = lr
+    if config.warmup_steps > 0:
+        schedule = optim.join_schedules(
+            [optim.linear_schedule(0.0, lr, config.warmup_steps), lambda _: mx.array(lr)],
+            [config.warmup_steps],
+        )
+    return optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+
+
+def make_train_step(model: nn.Module, optimizer: optim.Optimizer, schedule: NoiseSchedule,
+                    prediction: str = "eps", weighting: str = "none", grad_clip: float = 1.0,
+                    label_dropout: float = 0.0, null_label: int | None = None,
+                    compiled: bool = True) -> Callable:
+    """`step(x0, y) -> (loss, grad_norm)`: one optimiser step on a batch, updating model and optimizer.
+
+    x0: (B, H, W, C) float32 in [-1, 1]; y: (B,) int32 labels, or None for an unconditional model.
+    Inside: draw t ~ U{0..T-1} and noise ~ N(0, I), drop labels to `null_label` with probability
+    `label_dropout`, loss and gradients, clip the global gradient norm, AdamW update.
+    `compiled=True` traces it once with `mx.compile`; model, optimizer and random state are
+    declared as the compiled function's implicit inputs and outputs, so the graph reads and
+    writes them instead of baking in their values. The caller runs `mx.eval(state)` after it.
+    """
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    T = schedule.num_steps
+    if not optimizer.state:
+        optimizer.init(model.trainable_parameters())  # so the compiled state holds every array
+
+    def step(x0, y):
+        t = mx.random.randint(0, T, (x0.shape[0],))  # (B,) uniform timesteps
+        noise = mx.random.normal(x0.shape)  # (B, H, W, C)
+        if y is not None and null_label is not None:
+            y = drop_labels(y, label_dropout, null_label)
+        loss, grads = loss_and_grad(model, x0, y, t, noise, schedule, prediction, weighting)
+        grads, grad_norm = optim.clip_grad_norm(grads, grad_clip)
+        optimizer.update(model, grads)
+        return loss, grad_norm
+
+    if not compiled:
+        return step
+    state = [model.state, optimizer.state, mx.random.state]
+    return partial(mx.compile, inputs=state, outputs=state)(step)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped because the loss became NaN or infinite (the checkpoint on disk is untouched)."""
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+
+
+class Trainer:
+    """Owns a run: model, EMA weights, optimizer, batch stream, compiled step, log and checkpoints.
+
+    `Trainer(config, out_dir)` starts a new run in `out_dir` (refusing to overwrite an existing
+    checkpoint there); `Trainer.resume(out_dir)` continues the run stored there, restoring
+    weights, optimizer moments, data-iterator position and MLX random state, so that the
+    resumed run takes exactly the steps the uninterrupted one would have. `run()` trains.
+
+    Files in `out_dir`: `checkpoint/` (see `checkpoint.py`), `train.log` (human-readable:
+    config, loss every `log_every` steps, images/s, wall time), `previews/step_NNNNNN.png`.
+    Pass `dataset` (a `data.Dataset`) to train on images already in memory; by default
+    `data.load_dataset(config.dataset, config.image_size, config.seed)` is used.
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, dataset: data.Dataset | None = None,
+                 compiled: bool = True, _state: tuple | None = None):
+        self.out_dir = Path(out_dir)
+        self.checkpoint_path = self.out_dir / checkpoint.CHECKPOINT_DIR
+        if _state is None and checkpoint.has_checkpoint(self.out_dir):
+            raise ValueError(f"{self.out_dir} already holds a checkpoint; resume it (--resume) or "
+                             "choose another output folder")
+        self.dataset = dataset if dataset is not None else data.load_dataset(
+            config.dataset, size=config.image_size, seed=config.seed)
+        if self.dataset.images.shape[1:3] != (config.image_size, config.image_size):
+            raise ValueError(f"the data set's images are {self.dataset.images.shape[1:3]}, the config "
+                             f"trains at {config.image_size}x{config.image_size}")
+        classes = len(self.dataset.class_names)
+        self.config = replace(config, unet=replace(config.unet, num_classes=classes if classes > 1 else 0))
+        self.null_label = self.config.unet.num_classes or None  # the "no class" label for guidance
+
+        mx.random.seed(self.config.seed)
+        self.model = UNet(self.config.unet)
+        self.schedule = make_schedule(self.config.schedule, self.config.num_timesteps)
+        self.optimizer = make_optimizer(self.config)
+        self.optimizer.init(self.model.trainable_parameters())
+        self.batches = data.BatchIterator(self.dataset.images, self.dataset.labels,
+                                          self.config.batch_size, seed=self.config.seed)
+        self.step, self.history, self.saved_step = 0, [], None
+        self.ema = self.model.trainable_parameters()  # MLX arrays are immutable: no copy needed
+        if _state is not None:
+            self._restore(*_state)
+        self.state = [self.model.state, self.optimizer.state, mx.random.state]
+        self.train_step = make_train_step(
+            self.model, self.optimizer, self.schedule, self.config.prediction, self.config.loss_weighting,
+            self.config.grad_clip, self.config.label_dropout, self.null_label, compiled=compiled)
+
+    @classmethod
+    def resume(cls, out_dir: str | Path, dataset: data.Dataset | None = None,
+               compiled: bool = True) -> Trainer:
+        """Continue the run whose checkpoint is in `out_dir` (ValueError/FileNotFoundError if unusable)."""
+        directory, stored = checkpoint.read_config(out_dir)
+        try:
+            config = TrainConfig.from_dict(stored["train_config"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{directory / checkpoint.CONFIG_FILE}: bad training config ({err})") from None
+        return cls(config, out_dir, dataset, compiled, _state=(directory, stored))
+
+    def _restore(self, directory: Path, stored: dict) -> None:
+        """Load weights, EMA, optimizer state, iterator position and random state from a checkpoint."""
+        if tuple(stored["class_names"]) != tuple(self.dataset.class_names) or \
+                stored.get("num_images") != len(self.dataset):
+            raise ValueError(f"{directory / checkpoint.CONFIG_FILE}: the run was trained on "
+                             f"{stored.get('num_images')} images of {list(stored['class_names'])}, but "
+                             f"{self.config.dataset!r} now has {len(self.dataset)} of "
+                             f"{list(self.dataset.class_names)}")
+        checkpoint.load_weights(self.model, directory, stored, checkpoint.MODEL_FILE)
+        ema = checkpoint.load_arrays(directory, stored, checkpoint.EMA_FILE)
+        params = checkpoint.flat_arrays(self.model.trainable_parameters())
+        checkpoint.check_arrays(directory / checkpoint.EMA_FILE, ema, params)
+        self.ema = tree_unflatten(list(ema.items()))
+        moments = checkpoint.load_arrays(directory, stored, checkpoint.OPTIMIZER_FILE)
+        checkpoint.check_arrays(directory / checkpoint.OPTIMIZER_FILE, moments,
+                                checkpoint.flat_arrays(self.optimizer.state))
+        self.optimizer.state = tree_unflatten(list(moments.items()))
+        self.optimizer.init(self.model.trainable_parameters())  # marks it initialised; keeps the moments
+        try:
+            self.batches.load_state_dict(stored["data_iterator"])
+            hi, lo = stored["rng_state"]
+            self.step = int(stored["step"])
+            self.history = [(int(s), float(v)) for s, v in stored.get("loss_history", [])]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{directory / checkpoint.CONFIG_FILE}: bad training state ({err})") from None
+        mx.random.seed((int(hi) << 32) | int(lo))  # key(seed) = [seed >> 32, seed & 0xffffffff]
+        self.saved_step = self.step
+
+    # ------------------------------------------------------------------ checkpoints, log, previews
+    def save(self) -> Path:
+        """Write the current state as the run's checkpoint (atomically)."""
+        hi, lo = (int(v) for v in mx.random.state[0].tolist())
+        meta = {
+            "step": self.step,
+            "seed": self.config.seed,
+            "train_config": self.config.to_dict(),
+            "schedule": self.schedule.to_config(),
+            "class_names": list(self.dataset.class_names),
+            "num_images": len(self.dataset),
+            "data_iterator": self.batches.state_dict(),
+            "rng_state": [hi, lo],
+            "loss_history": [[s, float(f"{v:.6g}")] for s, v in self.history],
+        }
+        arrays = {
+            checkpoint.MODEL_FILE: checkpoint.flat_arrays(self.model.parameters()),
+            checkpoint.EMA_FILE: checkpoint.flat_arrays(self.ema),
+            checkpoint.OPTIMIZER_FILE: checkpoint.flat_arrays(self.optimizer.state),
+        }
+        path = checkpoint.save_checkpoint(self.checkpoint_path, arrays, meta)
+        self.saved_step = self.step
+        return path
+
+    def ema_model(self) -> UNet:
+        """A copy of the network holding the EMA weights, in eval mode (for sampling)."""
+        model = UNet(self.config.unet)
+        model.update(self.ema)
+        model.eval()
+        return model
+
+    def preview(self, n_per_class: int = 2, steps: int = 25, seed: int = 0) -> np.ndarray:
+        """Samples from the EMA weights, uint8 (n, H, W, 3): `n_per_class` rows, one column per class.
+
+        DPM-Solver++ with `steps` steps; classifier-free guidance 2 when trained with label dropout.
+        The same `seed` every time, so successive previews show the same noise being denoised.
+        """
+        from diffusion_utils import samplers  # imported here: only previews need the samplers
+
+        classes = self.config.unet.num_classes
+        n = n_per_class * max(classes, 1) if classes else 8
+        labels = np.tile(np.arange(classes), n_per_class) if classes else None
+        guidance = 2.0 if classes and self.config.label_dropout > 0 else 1.0
+        return samplers.sample(self.ema_model(), self.schedule, "dpm++", n=n,
+                               image_size=self.config.image_size, steps=steps, labels=labels,
+                               guidance=guidance, seed=seed, prediction=self.config.prediction,
+                               null_label=self.null_label)
+
+    def _save_preview(self) -> Path:
+        from diffusion_utils import viz
+
+        path = self.out_dir / "previews" / f"step_{self.step:06d}.png"
+        return viz.save_grid(self.preview(), path, nrow=max(self.config.unet.num_classes, 4))
+
+    def _log(self, line: str) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "train.log", "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    def _log_header(self, total: int) -> None:
+        flops = count_flops(self.config.unet)
+        start = "resumed from step" if self.step else "started at step"
+        self._log(f"# run {start} {self.step} -> {total} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        self._log(f"# data: {self.config.dataset} ({len(self.dataset)} images, classes "
+                  f"{', '.join(self.dataset.class_names)})")
+        self._log(f"# model: {parameter_count(self.model) / 1e6:.2f}M parameters, "
+                  f"{flops / 1e9:.3f} GFLOP/image forward; device {mx.default_device()}")
+        self._log("# config: " + json.dumps(self.config.to_dict(), sort_keys=True))
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, steps: int | None = None, progress: bool = True,
+            callback: Callable[[Trainer], None] | None = None) -> list[tuple[int, float]]:
+        """Train until `steps` optimiser steps in total (default: config.steps); returns the loss history.
+
+        Saves a checkpoint every `checkpoint_every` steps and at the end, a preview grid every
+        `preview_every` steps and at the end (unless -1), and calls `callback(trainer)` after
+        every step (e.g. to redraw a live loss plot). Raises NonFiniteLossError, without saving,
+        if the loss becomes NaN or infinite.
+        """
+        total = self.config.steps if steps is None else steps
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {total!r}")
+        if total < self.step:
+            raise ValueError(f"the run is already at step {self.step}, past the requested {total} steps")
+        self.config.steps = total
+        cfg = self.config
+        self._log_header(total)
+        run_start = window_start = time.perf_counter()
+        run_first_step, window_first_step, images_per_second = self.step, self.step, float("nan")
+        bar = tqdm(total=total, initial=self.step, desc=f"train {cfg.preset}", unit="step",
+                   disable=not progress, dynamic_ncols=True)
+        try:
+            while self.step < total:
+                x, y = next(self.batches)  # (B, H, W, 3) in [-1, 1], (B,) int32
+                loss, grad_norm = self.train_step(x, y if self.null_label is not None else None)
+                self.step += 1
+                self.ema = update_ema(self.ema, self.model.trainable_parameters(),
+                                      ema_decay_at(self.step, cfg.ema_decay))
+                mx.eval(self.state, self.ema, loss, grad_norm)
+                loss = loss.item()
+                if not math.isfinite(loss):
+                    self._stop_non_finite(loss)
+                self.history.append((self.step, loss))
+                now = time.perf_counter()
+                if self.step - window_first_step >= 5 or self.step == total:  # img/s over >= 5 steps
+                    seconds = now - window_start
+                    images_per_second = (self.step - window_first_step) * cfg.batch_size / seconds
+                    window_start, window_first_step = now, self.step
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.1f}")
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    recent = [v for _, v in self.history[-cfg.log_every:]]
+                    self._log(f"step {self.step:>7d}/{total}  loss {np.mean(recent):.5f}  "
+                              f"grad_norm {grad_norm.item():.3f}  img/s {images_per_second:6.1f}  "
+                              f"lr {self.optimizer.learning_rate.item():.2e}  "
+                              f"elapsed {_clock(now - run_start)}")
+                if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == total:
+                    self._log(f"checkpoint at step {self.step} -> {self.save()}")
+                if cfg.preview_every != -1 and (
+                        self.step == total or (cfg.preview_every and self.step % cfg.preview_every == 0)):
+                    self._log(f"preview -> {self._save_preview()}")
+                if callback is not None:
+                    callback(self)
+        except KeyboardInterrupt:
+            self._log(f"interrupted at step {self.step}; last checkpoint: step {self.saved_step}")
+            raise
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - run_start
+        done = self.step - run_first_step
+        rate = done * cfg.batch_size / max(seconds, 1e-9)
+        self._log(f"done: {done} steps in {_clock(seconds)} ({rate:.1f} img/s with checkpoints and previews)")
+        return self.history
+
+    def _stop_non_finite(self, loss: float) -> None:
+        saved = (f"the last good checkpoint ({self.checkpoint_path}, step {self.saved_step}) is intact"
+                 if self.saved_step is not None else "no checkpoint had been written yet")
+        message = (f"loss became {loss} at step {self.step}: the learning rate "
+                   f"({self.config.learning_rate:g}) is likely too high (lower it or lengthen the warm-up); "
+                   f"{saved}")
+        self._log(f"stopped: {message}")
+        raise NonFiniteLossError(message)
+
+
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, dataset: data.Dataset | None = None,
+          compiled: bool = True, progress: bool = True,
+          callback: Callable[[Trainer], None] | None = None) -> Trainer:
+    """Train `config` into `out_dir` and return the Trainer (its model, EMA weights, history).
+
+    resume=True continues the run stored in `out_dir` until `config.steps` in total; the stored
+    run must have been started with the same config apart from `steps` (ValueError otherwise).
+    """
+    if not resume:
+        trainer = Trainer(config, out_dir, dataset, compiled)
+    else:
+        trainer = Trainer.resume(out_dir, dataset, compiled)
+        stored = replace(trainer.config, steps=config.steps).to_dict()
+        unet = replace(config.unet, num_classes=trainer.config.unet.num_classes)  # set from the data
+        asked = replace(config, unet=unet).to_dict()
+        differ = [key for key in asked if asked[key] != stored[key]]
+        if differ:
+            shown = ", ".join(f"{k}={stored[k]!r} (asked {asked[k]!r})" for k in differ if k != "unet")
+            raise ValueError(f"{out_dir} holds a run with a different config: "
+                             f"{shown or 'another UNet'}; resume with the same preset, data set and seed")
+    trainer.run(config.steps, progress=progress, callback=callback)
+    return trainer
