@@ -4,10 +4,12 @@ Every image leaves this module as uint8 `(N, H, W, 3)`, channels last; `to_model
 and `to_uint8` convert to and from the float32 `[-1, 1]` range the models work in.
 
 - **Art styles** (`STYLES`, `make_styles`): eight labelled styles drawn with vectorised
-  numpy at twice the requested size and box-downsampled (anti-aliasing). Each image has
-  its own child generator `np.random.default_rng([seed, i])`, so image `i` depends only
-  on `(seed, i)`: the same seed gives identical bytes, and a longer draw starts with the
-  shorter one. `held_out_styles` draws from a disjoint stream, for evaluation.
+  numpy, anti-aliased (hard-edged styles at twice the size, then 2x2-averaged; the
+  others with edges softened over one pixel). Each image has its own child generator
+  `np.random.default_rng([seed, i])`, so image `i` depends only on `(seed, i)`: the same
+  seed gives identical bytes, and a longer draw starts with the shorter one.
+  `held_out_styles` draws from a disjoint stream, for evaluation. About 4000 images per
+  CPU-second at 32 px, 2000 at 64 px.
 - **Paintings** (`load_paintings`): 64x64 thumbnails of the 174 public-domain paintings of
   the Met's Open Access collection, committed under `data/paintings/` (built by
   `data/build_paintings.py`; see `data/README.md` for sources and licences).
