@@ -25,6 +25,7 @@ guidance scales, checkpoints); they are not comparable with FID/KID values in pa
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -52,7 +53,7 @@ CACHE_FORMAT = 1  # bump when the cache layout or the architecture code changes 
 @dataclass
 class ClassifierConfig:
     num_classes: int
-    widths: tuple[int, ...] = (32, 64, 128)  # channels per stage; each later stage halves H, W
+    widths: tuple[int, ...] = (16, 32, 64, 128)  # channels per stage; each later stage halves H, W
 
 
 class StyleClassifier(nn.Module):
@@ -70,19 +71,29 @@ class StyleClassifier(nn.Module):
             nn.Conv2d(c_in, c_out, 3, padding=1)
             for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
         ]
+        he = nn.init.he_normal()  # He et al. 2015: keeps the scale through ReLUs; trains ~2x faster
+        for conv in self.convs:
+            conv.weight = he(conv.weight, gain=math.sqrt(2.0))
         self.pool = nn.AvgPool2d(2)
         self.head = nn.Linear(config.widths[-1], config.num_classes)
+        # Set after training to the features' RMS on the training images, so that x.y/d ~ 1 in
+        # KID's kernel; saved with the weights, never trained.
+        self.feature_scale = mx.array(1.0)
+        self.freeze(keys=["feature_scale"], recurse=False)
 
-    def features(self, x: mx.array) -> mx.array:
-        """(B, H, W, 3) in [-1, 1] -> (B, widths[-1]): the embedding used for KID."""
+    def _pooled(self, x: mx.array) -> mx.array:
         for i, conv in enumerate(self.convs):
             if i > 0:
                 x = self.pool(x)  # (B, H/2^i, W/2^i, C)
             x = nn.relu(conv(x))
         return x.mean(axis=(1, 2))  # (B, C)
 
+    def features(self, x: mx.array) -> mx.array:
+        """(B, H, W, 3) in [-1, 1] -> (B, widths[-1]): the embedding used for KID."""
+        return self._pooled(x) / self.feature_scale
+
     def __call__(self, x: mx.array) -> mx.array:
-        return self.head(self.features(x))  # (B, num_classes) logits
+        return self.head(self._pooled(x))  # (B, num_classes) logits
 
     def predict(self, x: mx.array) -> mx.array:
         """(B, H, W, 3) in [-1, 1] -> (B,) int32 predicted class."""
@@ -101,7 +112,7 @@ def _in_batches(fn, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     images = _check_images(images)
     outs = []
     for start in range(0, len(images), batch_size):
-        out = fn(mx.array(data.to_model_range(images[start : start + batch_size])))
+        out = fn(data.to_model_range(images[start : start + batch_size]))
         outs.append(np.array(out))
     return np.concatenate(outs)
 
@@ -113,7 +124,7 @@ def train_style_classifier(
     steps: int = 400,  # ~6 epochs of 4096 images at batch 64: > 99% held-out accuracy at 32 px
     seed: int = 0,
     batch_size: int = 64,
-    learning_rate: float = 2e-3,  # Adam, cosine-decayed to 0 over `steps`
+    learning_rate: float = 3e-3,  # Adam, cosine-decayed to 0 over `steps`
     widths: tuple[int, ...] = ClassifierConfig.widths,
     progress: bool = False,
 ) -> StyleClassifier:
@@ -125,7 +136,7 @@ def train_style_classifier(
     mx.random.seed(seed)
     model = StyleClassifier(ClassifierConfig(num_classes, tuple(widths)))
     optimizer = optim.Adam(learning_rate=optim.cosine_decay(learning_rate, steps))
-    x_all = mx.array(data.to_model_range(images))  # (N, H, W, 3)
+    x_all = data.to_model_range(images)  # (N, H, W, 3)
     y_all = mx.array(labels)  # (N,)
 
     def loss_fn(model, x, y):
@@ -148,6 +159,8 @@ def train_style_classifier(
         idx, order = mx.array(order[:batch_size]), order[batch_size:]
         step(x_all[idx], y_all[idx])
         mx.eval(state)
+    pooled = _in_batches(model._pooled, images[:2048])  # (<=2048, C)
+    model.feature_scale = mx.array(np.sqrt(np.mean(pooled**2)), dtype=mx.float32)
     return model
 
 
@@ -217,7 +230,7 @@ def load_or_train_classifier(
     """The style classifier for `image_size`, from `cache_dir` or freshly trained and cached there.
 
     Trains on `data.make_styles(n_train, image_size, seed)` and measures accuracy on
-    `n_test` held-out images drawn with seed `seed + 1`. The cache is
+    `data.held_out_styles(n_test, image_size, seed)`. The cache is
     `style_classifier_{size}px.safetensors` plus a `.json` holding the settings (image size,
     class names, widths, training knobs) and the measured accuracy; a cache made with other
     settings is retrained, an unreadable one is retrained with a warning. Returns
@@ -253,7 +266,7 @@ def load_or_train_classifier(
         images, labels, len(data.STYLES), steps=steps, seed=seed, progress=progress
     )
     train_seconds = time.perf_counter() - start
-    test_images, test_labels = data.make_styles(n_test, size=image_size, seed=seed + 1)
+    test_images, test_labels = data.held_out_styles(n_test, size=image_size, seed=seed)
     info = {
         "key": key,
         "held_out_accuracy": style_accuracy(model, test_images, test_labels),
@@ -423,7 +436,8 @@ def evaluate_samples(
     """Every metric for n generated images, as a JSON-safe dict.
 
     samples uint8 (n, H, W, 3); labels (n,) the style each sample was asked for, -1 (or None)
-    for unconditional ones; train_images uint8 (M, H, W, 3) the model's training set;
+    for unconditional ones; train_images uint8 (M, H, W, 3) the model's training set (searched
+    with their mirror images too, as training sees random horizontal flips);
     held_out_images uint8 (>= 2n, H, W, 3) real images the model never saw: the first n are the
     KID reference, the next n give the real-vs-real floor, all 2n the memorisation baseline.
     """
@@ -438,6 +452,7 @@ def evaluate_samples(
     if samples.shape[1:] != held_out.shape[1:] or samples.shape[1:] != train_images.shape[1:]:
         raise ValueError("samples, training and held-out images must have the same size")
     held_out = held_out[: 2 * n]
+    seen = np.concatenate([train_images, train_images[:, :, ::-1]])  # (2M, H, W, 3) with flips
 
     real = embed(classifier, held_out)  # (2n, F)
     kid_mean, kid_std = kid(embed(classifier, samples), real[:n], n_subsets=n_subsets, seed=seed)
@@ -457,5 +472,5 @@ def evaluate_samples(
         "kid_subset_size": _default_subset_size(n, n),
         "kid_n_subsets": n_subsets,
         "features": "this project's style classifier (not Inception): compare runs, not papers",
-        "memorisation": memorisation_report(samples, train_images, held_out),
+        "memorisation": memorisation_report(samples, seen, held_out),
     }
