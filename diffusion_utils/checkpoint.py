@@ -171,8 +171,8 @@ def check_arrays(file: Path, arrays: dict[str, mx.array], expected: dict[str, mx
                          f"{', ...' if len(missing or unexpected) > 3 else ''})")
     for key, value in expected.items():
         if arrays[key].shape != value.shape:
-            raise ValueError(f"{file}: {key} has shape {tuple(arrays[key].shape)}, the model in "
-                             f"{CONFIG_FILE} needs {tuple(value.shape)}")
+            raise ValueError(f"{file}: does not match the model in {CONFIG_FILE} ({key} has shape "
+                             f"{tuple(arrays[key].shape)}, the model needs {tuple(value.shape)})")
 
 
 def load_weights(model: UNet, directory: Path, config: dict, name: str) -> UNet:

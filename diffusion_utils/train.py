@@ -20,13 +20,14 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
 from diffusion_utils import checkpoint, data
 from diffusion_utils.schedules import SCHEDULE_KINDS, NoiseSchedule, make_schedule
-from diffusion_utils.unet import UNet, UNetConfig, count_flops, parameter_count
+from diffusion_utils.unet import UNet, UNetConfig, parameter_count
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -273,6 +274,28 @@ class NonFiniteLossError(FloatingPointError):
     """Training stopped because the loss became NaN or infinite (the checkpoint on disk is untouched)."""
 
 
+def random_key() -> list[int]:
+    """MLX's global random key as two ints [hi, lo] (JSON-safe), for checkpoints."""
+    return [int(v) for v in mx.random.state[0].tolist()]
+
+
+def set_random_key(key: list[int]) -> None:
+    """Make MLX's global random key exactly `key` ([hi, lo] from `random_key`)."""
+    hi, lo = (int(v) for v in key)
+    mx.random.seed((hi << 32) | lo)  # mx.random.key(seed) is [seed >> 32, seed & 0xffffffff]
+
+
+@contextmanager
+def _random_state_kept():
+    """Restore MLX's global random key on exit, so building a model (random init) for a preview
+    does not shift the stream of t, noise and dropout draws that training uses."""
+    key = random_key()
+    try:
+        yield
+    finally:
+        set_random_key(key)
+
+
 def _clock(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
@@ -355,18 +378,16 @@ class Trainer:
         self.optimizer.init(self.model.trainable_parameters())  # marks it initialised; keeps the moments
         try:
             self.batches.load_state_dict(stored["data_iterator"])
-            hi, lo = stored["rng_state"]
+            set_random_key(stored["rng_state"])
             self.step = int(stored["step"])
             self.history = [(int(s), float(v)) for s, v in stored.get("loss_history", [])]
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{directory / checkpoint.CONFIG_FILE}: bad training state ({err})") from None
-        mx.random.seed((int(hi) << 32) | int(lo))  # key(seed) = [seed >> 32, seed & 0xffffffff]
         self.saved_step = self.step
 
     # ------------------------------------------------------------------ checkpoints, log, previews
     def save(self) -> Path:
         """Write the current state as the run's checkpoint (atomically)."""
-        hi, lo = (int(v) for v in mx.random.state[0].tolist())
         meta = {
             "step": self.step,
             "seed": self.config.seed,
@@ -375,8 +396,8 @@ class Trainer:
             "class_names": list(self.dataset.class_names),
             "num_images": len(self.dataset),
             "data_iterator": self.batches.state_dict(),
-            "rng_state": [hi, lo],
-            "loss_history": [[s, float(f"{v:.6g}")] for s, v in self.history],
+            "rng_state": random_key(),
+            "loss_history": [[s, v] for s, v in self.history],
         }
         arrays = {
             checkpoint.MODEL_FILE: checkpoint.flat_arrays(self.model.parameters()),
@@ -389,7 +410,8 @@ class Trainer:
 
     def ema_model(self) -> UNet:
         """A copy of the network holding the EMA weights, in eval mode (for sampling)."""
-        model = UNet(self.config.unet)
+        with _random_state_kept():
+            model = UNet(self.config.unet)
         model.update(self.ema)
         model.eval()
         return model
@@ -423,7 +445,7 @@ class Trainer:
             fh.write(line + "\n")
 
     def _log_header(self, total: int) -> None:
-        flops = count_flops(self.config.unet)
+        flops = self.model.flops()
         start = "resumed from step" if self.step else "started at step"
         self._log(f"# run {start} {self.step} -> {total} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
         self._log(f"# data: {self.config.dataset} ({len(self.dataset)} images, classes "
