@@ -12,8 +12,13 @@ import argparse
 import json
 import platform
 import sys
+import time
 
 import diffusion_utils  # noqa: F401  (sets up the fast BLAS before mlx.core is imported)
+from diffusion_utils import samplers
+from diffusion_utils.data import DATA_DIR
+
+SHIPPED_MODEL = DATA_DIR / "pretrained" / "styles32"  # default of sample/evaluate, notebook 04, README
 
 
 def _print_json(result: dict) -> None:
@@ -21,9 +26,9 @@ def _print_json(result: dict) -> None:
 
 
 def _cmd_doctor(args) -> int:
-    import mlx.core as mx
-
     from diffusion_utils import backend
+
+    import mlx.core as mx
 
     report = {
         "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
@@ -49,6 +54,85 @@ def _cmd_notebooks(args) -> int:
     return 0
 
 
+def _checkpoint_path(path: str | None) -> str:
+    """--checkpoint, or the shipped model with a hint when this checkout lacks it."""
+    if path is not None:
+        return path
+    if not SHIPPED_MODEL.exists():
+        raise FileNotFoundError(
+            f"the shipped model {SHIPPED_MODEL} is not in this checkout; pass --checkpoint DIR "
+            "(train one with: python -m diffusion_utils train --preset quick --out DIR)"
+        )
+    return str(SHIPPED_MODEL)
+
+
+def _check_eta(args) -> float:
+    if args.eta is None:
+        return 0.0
+    if args.sampler != "ddim":
+        raise ValueError(f"--eta applies only to --sampler ddim; {args.sampler} has no eta")
+    return args.eta
+
+
+def _cmd_sample(args) -> int:
+    from diffusion_utils import checkpoint, viz
+
+    import numpy as np
+
+    eta = _check_eta(args)
+    model, schedule, info = checkpoint.load_model(_checkpoint_path(args.checkpoint))
+    class_names = info["class_names"] if info["num_classes"] else ()
+    settings = samplers.sampling_settings(info, args.sampler, args.steps, args.guidance)
+    one_row_per_style = bool(class_names) and args.style is None
+    n = args.n if args.n is not None else (4 * len(class_names) if one_row_per_style else 16)
+    start = time.perf_counter()
+    images, labels = samplers.sample_model(
+        model, schedule, info, n=n, style=args.style, sampler_name=args.sampler, steps=settings["steps"],
+        eta=eta, guidance=settings["guidance"], seed=args.seed, progress=True,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    rows = one_row_per_style and n % len(class_names) == 0
+    viz.save_grid(images, args.out, nrow=n // len(class_names) if rows else None)
+    what = args.style or ("every style" if class_names else "unconditional")
+    print(f"{n} images ({what}) with {args.sampler}, {settings['steps']} steps, guidance "
+          f"{settings['guidance']:g}, seed {args.seed} in {seconds:.1f} s -> {args.out}")
+    if rows:
+        print("rows, top to bottom: " + ", ".join(class_names))
+    if args.save_npz:
+        np.savez_compressed(args.save_npz, images=images, labels=labels)
+        print(f"images {images.dtype}{list(images.shape)} and labels -> {args.save_npz}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from diffusion_utils import evaluate
+
+    report = evaluate.evaluate_checkpoint(
+        _checkpoint_path(args.checkpoint), n=args.n, sampler_name=args.sampler, steps=args.steps,
+        eta=_check_eta(args), guidance=args.guidance, seed=args.seed, cache_dir=args.classifier_dir,
+        progress=True,
+    )  # fmt: skip
+    print(evaluate.format_report(report))
+    if args.json:
+        _print_json(report)
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from diffusion_utils import train
+
+    given = {"dataset": args.dataset, "seed": args.seed, "steps": args.steps}
+    config = train.get_preset(args.preset, **{k: v for k, v in given.items() if v is not None})
+    try:
+        trainer = train.train(config, args.out, resume=args.resume)
+    except train.NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"step {trainer.step}: checkpoint in {trainer.checkpoint_path}, log in "
+          f"{trainer.out_dir / 'train.log'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m diffusion_utils", description="Diffusion models from scratch in MLX."
@@ -66,6 +150,86 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", nargs="+", metavar="PREFIX", help="run only notebooks starting with these (e.g. 01)"
     )
     notebooks.set_defaults(func=_cmd_notebooks)
+
+    from diffusion_utils.train import PRESETS
+
+    train = sub.add_parser(
+        "train", help="train a denoiser from a preset; checkpoints, previews and a log go to --out",
+        description="Train the UNet denoiser. A run folder holds checkpoint/, train.log and previews/.",
+    )
+    train.add_argument(
+        "--preset", required=True, choices=list(PRESETS),
+        help="smoke: seconds (tests); quick: minutes, 16x16; full: the shipped 32x32 recipe",
+    )
+    train.add_argument(
+        "--dataset", metavar="NAME|PATH",
+        help="styles (default), paintings, or an image folder whose subfolders are the classes",
+    )
+    train.add_argument(
+        "--out", required=True, metavar="DIR",
+        help="run folder; one that holds a checkpoint is only continued, with --resume",
+    )
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument(
+        "--steps", type=int, metavar="N",
+        help="total optimiser steps of the run (default: the preset's); --resume trains until step N",
+    )
+    train.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
+    train.set_defaults(func=_cmd_train)
+
+    sampling = argparse.ArgumentParser(add_help=False)  # the options sample and evaluate share
+    sampling.add_argument(
+        "--checkpoint", metavar="PATH",
+        help="checkpoint directory or training run folder (default: the shipped data/pretrained/styles32)",
+    )  # fmt: skip
+    sampling.add_argument(
+        "--sampler", choices=list(samplers.SAMPLERS), default=samplers.DEFAULT_SAMPLER,
+        help=f"reverse process (default {samplers.DEFAULT_SAMPLER}: DPM-Solver++(2M) is built for 10-20 "
+        "steps; ddim needs ~50; ddpm adds fresh noise every step and needs hundreds)",
+    )  # fmt: skip
+    sampling.add_argument(
+        "--steps", type=int, metavar="K",
+        help="network evaluations (default per sampler: "
+        + ", ".join(f"{name} {k}" for name, k in samplers.DEFAULT_STEPS.items()) + "); at most T",
+    )  # fmt: skip
+    sampling.add_argument(
+        "--eta", type=float, metavar="E",
+        help="DDIM only: 0 (default) deterministic, 1 = DDPM's posterior noise",
+    )  # fmt: skip
+    sampling.add_argument(
+        "--guidance", type=float, metavar="G",
+        help=f"classifier-free guidance scale w >= 0: 0 unconditional, 1 plain conditional, >1 more "
+        f"typical of the style (default {samplers.DEFAULT_GUIDANCE:g} for a model trained with styles)",
+    )  # fmt: skip
+    sampling.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    sample = sub.add_parser(
+        "sample", parents=[sampling], help="generate images from a checkpoint into a PNG grid",
+        description="Generate images from a trained checkpoint and save them as an enlarged PNG grid.",
+    )  # fmt: skip
+    sample.add_argument("--style", metavar="NAME", help="one style (default: every style, a row each)")
+    sample.add_argument(
+        "--n", type=int, metavar="N", help="number of images (default 16 of one style, else 4 per style)"
+    )
+    sample.add_argument("--out", required=True, metavar="PNG", help="where to write the grid")
+    sample.add_argument(
+        "--save-npz", metavar="NPZ", help="also save images (uint8 N x H x W x 3) and labels (-1: none)"
+    )
+    sample.set_defaults(func=_cmd_sample)
+
+    evaluate = sub.add_parser(
+        "evaluate", parents=[sampling], help="style accuracy, KID and memorisation of a checkpoint",
+        description="Sample n images evenly over the styles and measure them with this project's style "
+        "classifier: style accuracy, KID next to its real-vs-real floor, and nearest-training-image "
+        "distances. The features are not Inception's: compare runs of this project, not papers.",
+    )  # fmt: skip
+    evaluate.add_argument("--n", type=int, default=128, metavar="N", help="images to sample (default 128)")
+    evaluate.add_argument(
+        "--classifier-dir", metavar="DIR",
+        help="style-classifier cache (default data/pretrained/style_classifier; trained there if missing)",
+    )  # fmt: skip
+    evaluate.add_argument("--json", action="store_true", help="also print one JSON object (last line)")
+    evaluate.set_defaults(func=_cmd_evaluate)
     return parser
 
 

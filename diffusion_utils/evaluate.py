@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from diffusion_utils import data
+from diffusion_utils import checkpoint, data, samplers
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -474,3 +474,89 @@ def evaluate_samples(
         "features": "this project's style classifier (not Inception): compare runs, not papers",
         "memorisation": memorisation_report(samples, seen, held_out),
     }
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike,
+    n: int = 128,
+    sampler_name: str = samplers.DEFAULT_SAMPLER,
+    steps: int | None = None,
+    guidance: float | None = None,
+    eta: float = 0.0,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> dict:
+    """The `evaluate` command: sample n images evenly over the styles from a checkpoint, measure them.
+
+    Loads the EMA weights (`checkpoint.load_model`), samples with `samplers.sample_model`
+    (`steps`/`guidance` None: its defaults), and scores with `evaluate_samples` against the
+    model's training set (rebuilt from its stored config) and 2n held-out images
+    (`data.held_out_styles`). Only for models trained on the art styles: the classifier
+    (cached in `cache_dir`, default `DEFAULT_CACHE_DIR`) knows no other classes.
+    Returns `evaluate_samples`' dict plus checkpoint, step, sampler, steps, guidance, eta,
+    seed, the classifier's own held-out accuracy and wall times ("seconds").
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 4:
+        raise ValueError(f"n must be an integer >= 4 (KID needs pairs of subsets), got {n!r}")
+    clock = {"start": time.perf_counter()}
+    model, schedule, info = checkpoint.load_model(path)
+    if tuple(info["class_names"]) != data.STYLES or not info["num_classes"]:
+        trained_on = ", ".join(info["class_names"]) or "no classes"
+        raise ValueError(f"evaluate needs a model trained on the art styles; {info['path']} knows "
+                         f"{trained_on}")
+    settings = samplers.sampling_settings(info, sampler_name, steps, guidance)
+    size = info["image_size"]
+    clock["load"] = time.perf_counter()
+    images, labels = samplers.sample_model(
+        model, schedule, info, n=n, sampler_name=sampler_name, steps=settings["steps"], eta=eta,
+        guidance=settings["guidance"], seed=seed, progress=progress,
+    )  # fmt: skip
+    clock["sample"] = time.perf_counter()
+    classifier, classifier_info = load_or_train_classifier(
+        DEFAULT_CACHE_DIR if cache_dir is None else cache_dir, image_size=size, progress=progress
+    )
+    clock["classifier"] = time.perf_counter()
+    trained = data.load_dataset(info["config"]["dataset"], size=size, seed=info["config"]["seed"])
+    held_out, _ = data.held_out_styles(2 * n, size=size, seed=seed)
+    report = evaluate_samples(classifier, images, labels, trained.images, held_out, seed=seed)
+    clock["metrics"] = time.perf_counter()
+    stages = list(clock)
+    seconds = {b: round(clock[b] - clock[a], 2) for a, b in zip(stages[:-1], stages[1:], strict=True)}
+    return {
+        **report,
+        **settings,
+        "eta": float(eta),
+        "seed": seed,
+        "checkpoint": str(info["path"]),
+        "step": info["step"],
+        "image_size": size,
+        "classifier_held_out_accuracy": classifier_info["held_out_accuracy"],
+        "seconds": {**seconds, "total": round(clock["metrics"] - clock["start"], 2)},
+    }
+
+
+def format_report(report: dict) -> str:
+    """`evaluate_checkpoint`'s dict as a short human-readable table (one metric per line)."""
+    memo, s = report["memorisation"], report["seconds"]
+    accuracy = report["style_accuracy"]
+    lines = [
+        ("checkpoint", f"{report['checkpoint']} (training step {report['step']})"),
+        ("sampling", f"{report['n']} images, {report['sampler']} {report['steps']} steps, guidance "
+                     f"{report['guidance']:g}, eta {report['eta']:g}, seed {report['seed']}"),
+        ("style accuracy", "n/a (unconditional)" if accuracy is None else
+         f"{accuracy:.3f} of {report['n_labelled']} (the classifier itself: "
+         f"{report['classifier_held_out_accuracy']:.3f} on real held-out images)"),
+        ("KID", f"{report['kid']:.4f} +- {report['kid_std']:.4f}   real-vs-real floor "
+                f"{report['kid_real_floor']:.4f} +- {report['kid_real_floor_std']:.4f}   "
+                f"(n = {report['n']}, {report['kid_n_subsets']} subsets of {report['kid_subset_size']})"),
+        ("nearest train", f"median RMS distance: samples {memo['samples']['median']:.3f}, held-out real "
+                          f"{memo['held_out']['median']:.3f}; min {memo['samples']['min']:.3f} vs "
+                          f"{memo['held_out']['min']:.3f}"),
+        ("memorisation", f"{memo['fraction_closer_than_held_out_p5']:.1%} of samples closer to the "
+                         "training set than the held-out 5th percentile (~5% if none copied)"),
+        ("features", report["features"]),
+        ("time", f"{s['total']:.1f} s (load {s['load']:.1f}, sample {s['sample']:.1f}, classifier "
+                 f"{s['classifier']:.1f}, metrics {s['metrics']:.1f})"),
+    ]  # fmt: skip
+    return "\n".join(f"{name:>15}  {value}" for name, value in lines)

@@ -487,3 +487,96 @@ def sample(
                 bar.update()
             images.append(to_uint8(out.prev_sample))
     return np.concatenate(images)
+
+
+# --------------------------------------------------------------------------- trained checkpoints
+
+# Defaults of the `sample` and `evaluate` commands and of notebook 04's gallery. DPM-Solver++(2M)
+# is built for 10-20 steps (Lu et al. 2022); DDIM needs ~50; DDPM adds fresh noise every step and
+# needs hundreds. Notebook 04 plots quality against steps for all three.
+DEFAULT_SAMPLER = "dpm++"
+DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpm++": 20}
+DEFAULT_GUIDANCE = 3.0  # w: a moderate push towards the asked-for style; notebook 04 sweeps w
+
+
+def style_labels(n: int, num_classes: int, style: int | None = None) -> np.ndarray:
+    """Labels (n,) int64 to sample a model with `num_classes` classes (0 = unconditional).
+
+    `style` given: n copies of it. Otherwise every class evenly, in blocks in class order (the
+    first n % C classes get one image more), so with n a multiple of C a grid of n / C images
+    per row shows one class per row. An unconditional model gets -1 ("no label") everywhere.
+    """
+    if num_classes == 0:
+        return np.full(n, -1, np.int64)
+    if style is not None:
+        return np.full(n, style, np.int64)
+    return np.sort(np.arange(n) % num_classes).astype(np.int64)
+
+
+def style_index(style: str | int, class_names: Sequence[str]) -> int:
+    """A class name (or index) of a model -> its label; ValueError listing the valid names."""
+    if not class_names:
+        raise ValueError("this model is unconditional (trained without styles): sample it without a style")
+    if isinstance(style, str) and style in class_names:
+        return list(class_names).index(style)
+    if isinstance(style, (int, np.integer)) and not isinstance(style, bool) and 0 <= style < len(class_names):
+        return int(style)
+    raise ValueError(f"unknown style {style!r}; this model knows {', '.join(class_names)}")
+
+
+def sampling_settings(info: dict, sampler_name: str = DEFAULT_SAMPLER, steps: int | None = None,
+                      guidance: float | None = None) -> dict:
+    """The settings `sample_model` uses: {"sampler", "steps", "guidance"} with defaults filled in.
+
+    `steps=None` is `DEFAULT_STEPS[sampler_name]`; `guidance=None` is `DEFAULT_GUIDANCE` for a
+    class-conditional checkpoint (`info["num_classes"]` > 0) and 1 (no guidance) for an
+    unconditional one, which cannot be guided.
+    """
+    if sampler_name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler_name!r}; choose one of {', '.join(SAMPLERS)}")
+    conditional = info["num_classes"] > 0
+    if not conditional and guidance not in (None, 1, 1.0):
+        raise ValueError("classifier-free guidance needs a model trained with styles; this one has none")
+    return {
+        "sampler": sampler_name,
+        "steps": DEFAULT_STEPS[sampler_name] if steps is None else steps,
+        "guidance": (DEFAULT_GUIDANCE if conditional else 1.0) if guidance is None else guidance,
+    }
+
+
+def sample_model(
+    model: Callable,
+    schedule: NoiseSchedule,
+    info: dict,
+    n: int = 16,
+    style: str | int | None = None,
+    sampler_name: str = DEFAULT_SAMPLER,
+    steps: int | None = None,
+    eta: float = 0.0,
+    guidance: float | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images from a loaded checkpoint: uint8 (n, S, S, 3) and their labels (n,) int64.
+
+    `model, schedule, info` are what `checkpoint.load_model` returns (info: class_names,
+    num_classes, null_label, prediction, image_size). `style`: a class name or index, or None
+    for every class evenly (`style_labels`); labels are -1 for an unconditional model.
+    `steps=None` and `guidance=None` take the defaults of `sampling_settings`. The same
+    arguments give the same images.
+    """
+    settings = sampling_settings(info, sampler_name, steps, guidance)
+    class_names = tuple(info["class_names"]) if info["num_classes"] else ()
+    label = None if style is None else style_index(style, class_names)
+    for name, value, low in (("n", n, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    labels = style_labels(n, len(class_names), label)
+    images = sample(
+        model, schedule, sampler_name, n=n, image_size=info["image_size"], steps=settings["steps"],
+        labels=labels if class_names else None, guidance=settings["guidance"], eta=eta, seed=seed,
+        prediction=info["prediction"], null_label=info.get("null_label"), batch_size=batch_size,
+        progress=progress,
+    )  # fmt: skip
+    return images, labels
