@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / "data" / "pretrained" / "style_classifier"
 CACHE_FORMAT = 1  # bump when the cache layout or the architecture code changes meaning
+SPOT_CHECK_N = 128  # held-out images a cached classifier must still recognise when loaded
 
 
 # --------------------------------------------------------------------------- the classifier
@@ -192,6 +193,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is an ordinary readable file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -201,21 +203,27 @@ def _atomic_write(path: Path, write) -> None:
 def _load_cached(
     weights_path: Path, config_path: Path, key: dict
 ) -> tuple[StyleClassifier, dict] | None:
-    """The cached classifier, or None when there is no cache or it was trained for another key."""
+    """The cached classifier, or None when there is none or it is stale (with a warning).
+
+    Stale: trained with other settings, or it no longer recognises freshly drawn held-out
+    images as well as it did (the style generator has changed since it was trained).
+    """
     if not config_path.exists():
         return None
     info = json.loads(config_path.read_text())
-    if info["key"] != key:
-        warnings.warn(
-            f"style-classifier cache {config_path} was trained with other settings; retraining",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None
     model = StyleClassifier(ClassifierConfig(key["num_classes"], tuple(key["widths"])))
-    model.load_weights(str(weights_path), strict=True)  # raises on missing/extra/misshaped weights
-    mx.eval(model.parameters())
-    return model, info
+    if info["key"] == key:
+        model.load_weights(str(weights_path), strict=True)  # raises on missing/misshaped weights
+        images, labels = data.held_out_styles(SPOT_CHECK_N, key["image_size"], seed=key["seed"])
+        if style_accuracy(model, images, labels) >= info["held_out_accuracy"] - 0.1:
+            return model, info
+    warnings.warn(
+        f"style-classifier cache {config_path} was trained with other settings or on other "
+        "styles; retraining",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return None
 
 
 def load_or_train_classifier(
@@ -232,8 +240,9 @@ def load_or_train_classifier(
     Trains on `data.make_styles(n_train, image_size, seed)` and measures accuracy on
     `data.held_out_styles(n_test, image_size, seed)`. The cache is
     `style_classifier_{size}px.safetensors` plus a `.json` holding the settings (image size,
-    class names, widths, training knobs) and the measured accuracy; a cache made with other
-    settings is retrained, an unreadable one is retrained with a warning. Returns
+    class names, widths, training knobs) and the measured accuracy. A stale cache (other
+    settings, or it fails a spot check on freshly drawn held-out images because the styles
+    changed) or an unreadable one is retrained, with a warning, never an error. Returns
     `(classifier, info)` where `info["held_out_accuracy"]` is the measured accuracy.
     """
     cache_dir = Path(cache_dir)

@@ -194,6 +194,19 @@ def test_stale_cache_is_retrained(tiny_classifier, tmp_path):
     assert json.loads(config_path.read_text())["key"]["class_names"] == list(data.STYLES)
 
 
+def test_cache_is_retrained_when_the_styles_change(tiny_classifier, tmp_path, monkeypatch):
+    _copy_cache(tiny_classifier[0], tmp_path)
+    draw = data.held_out_styles
+
+    def relabelled(*args, **kwargs):  # as if the generator now drew other pictures per label
+        images, labels = draw(*args, **kwargs)
+        return images, (labels + 1) % len(data.STYLES)
+
+    monkeypatch.setattr(data, "held_out_styles", relabelled)
+    with pytest.warns(RuntimeWarning, match="other styles"):
+        evaluate.load_or_train_classifier(tmp_path, image_size=16, progress=False, **TINY)
+
+
 @pytest.mark.parametrize("broken", ["weights", "config", "missing_weights"])
 def test_corrupt_cache_is_retrained_with_a_warning(tiny_classifier, tmp_path, broken):
     _copy_cache(tiny_classifier[0], tmp_path)
