@@ -2,7 +2,8 @@
 
 **These features are not Inception's.** KID and the style accuracy below are computed with a
 small style classifier trained by this project on its own procedural art styles (a few conv
-layers, global average pooling, a linear head). Its penultimate layer is the embedding. The
+layers, global average pooling, a linear head). Its penultimate layer, divided by its RMS over
+the classifier's training images (so x.y/d ~ 1 in KID's kernel), is the embedding. The
 numbers therefore compare runs of *this* project with each other (samplers, step counts,
 guidance scales, checkpoints); they are not comparable with FID/KID values in papers.
 
@@ -13,7 +14,12 @@ guidance scales, checkpoints); they are not comparable with FID/KID values in pa
   the polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets. KID is noisy
   and depends on the sample count, so it is always reported next to `kid_real_floor`: the KID
   between two disjoint sets of real held-out images of the same size as the generated set.
-  A generator cannot be told apart from real data once its KID is near that floor.
+  The estimator is unbiased, so the floor is 0 in expectation (it can come out slightly
+  negative) and its spread over subsets, `kid_real_floor_std`, is the noise level: a KID within
+  a few of those of the floor cannot be told apart from real data at this sample count.
+  Measured on real images at 32 px, n = 500: floor -0.01 +- 0.05; the same images blurred by a
+  5-pixel cross 0.07; all of a single style 12.9. The classifier's features see styles and
+  composition, not fine pixel noise (+-20 grey levels of uniform noise go unnoticed).
 - Memorisation: for each sample, the distance to its nearest training image, compared with the
   same distance for real held-out images (which the model never saw). Distances are taken in
   pixel space, as the root-mean-square difference per value in [0, 1] (0 = an exact copy): a
