@@ -130,13 +130,13 @@ PRESETS: dict[str, TrainConfig] = {
         num_timesteps=1000, batch_size=8, learning_rate=2e-3, warmup_steps=5, ema_decay=0.9,
         steps=30, log_every=5, checkpoint_every=0, preview_every=-1,
     ),
-    # a few minutes: each style's colours and layout appear
+    # <= ~8 minutes: 16x16 samples in which each style's colours and layout appear
     "quick": TrainConfig(
-        preset="quick",
-        unet=UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
+        preset="quick", image_size=16,
+        unet=UNetConfig(image_size=16, base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
                         attention_resolutions=(8,)),
-        batch_size=32, learning_rate=1e-3, warmup_steps=100, ema_decay=0.995,
-        steps=1200, log_every=50, checkpoint_every=400, preview_every=0,
+        batch_size=32, learning_rate=2e-3, warmup_steps=50, ema_decay=0.995,
+        steps=800, log_every=50, checkpoint_every=200, preview_every=0,
     ),
     # the shipped model's recipe: ~50 minutes of training on the same CPU
     "full": TrainConfig(
@@ -351,6 +351,8 @@ class Trainer:
     def resume(cls, out_dir: str | Path, dataset: data.Dataset | None = None,
                compiled: bool = True) -> Trainer:
         """Continue the run whose checkpoint is in `out_dir` (ValueError/FileNotFoundError if unusable)."""
+        if not checkpoint.has_checkpoint(out_dir):
+            raise FileNotFoundError(f"no checkpoint to resume in {out_dir}; start a new run there instead")
         directory, stored = checkpoint.read_config(out_dir)
         try:
             config = TrainConfig.from_dict(stored["train_config"])
