@@ -133,21 +133,6 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
-    from diffusion_utils import train
-
-    given = {"dataset": args.dataset, "seed": args.seed, "steps": args.steps}
-    config = train.get_preset(args.preset, **{k: v for k, v in given.items() if v is not None})
-    try:
-        trainer = train.train(config, args.out, resume=args.resume)
-    except train.NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"step {trainer.step}: checkpoint in {trainer.checkpoint_path}, log in "
-          f"{trainer.out_dir / 'train.log'}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m diffusion_utils", description="Diffusion models from scratch in MLX."
@@ -165,32 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", nargs="+", metavar="PREFIX", help="run only notebooks starting with these (e.g. 01)"
     )
     notebooks.set_defaults(func=_cmd_notebooks)
-
-    from diffusion_utils.train import PRESETS
-
-    train = sub.add_parser(
-        "train", help="train a denoiser from a preset; checkpoints, previews and a log go to --out",
-        description="Train the UNet denoiser. A run folder holds checkpoint/, train.log and previews/.",
-    )
-    train.add_argument(
-        "--preset", required=True, choices=list(PRESETS),
-        help="smoke: seconds (tests); quick: minutes, 16x16; full: the shipped 32x32 recipe",
-    )
-    train.add_argument(
-        "--dataset", metavar="NAME|PATH",
-        help="styles (default), paintings, or an image folder whose subfolders are the classes",
-    )
-    train.add_argument(
-        "--out", required=True, metavar="DIR",
-        help="run folder; one that holds a checkpoint is only continued, with --resume",
-    )
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    train.add_argument(
-        "--steps", type=int, metavar="N",
-        help="total optimiser steps of the run (default: the preset's); --resume trains until step N",
-    )
-    train.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
-    train.set_defaults(func=_cmd_train)
 
     from diffusion_utils.train import PRESETS
 
