@@ -191,14 +191,30 @@ def build_model(directory: Path, config: dict) -> UNet:
         raise ValueError(f"{directory / CONFIG_FILE}: bad UNet config ({err})") from None
 
 
+def model_info(train_config: dict, class_names, step: int) -> dict:
+    """What a sampler or evaluator needs to know about a trained model, from its training config dict.
+
+    class_names (tuple), prediction ("eps" | "v"), image_size, step, num_classes, null_label
+    (= num_classes, the "no class" label; None for an unconditional model), config (the dict).
+    """
+    num_classes = int(train_config["unet"]["num_classes"])
+    return {
+        "class_names": tuple(class_names),
+        "prediction": train_config.get("prediction", "eps"),
+        "image_size": int(train_config["unet"]["image_size"]),
+        "step": step,
+        "num_classes": num_classes,
+        "null_label": num_classes if num_classes > 0 else None,
+        "config": train_config,
+    }
+
+
 def load_model(path: str | os.PathLike, ema: bool = True) -> tuple[UNet, NoiseSchedule, dict]:
     """Rebuild a trained denoiser for sampling or evaluation: (model, schedule, info).
 
     path: a checkpoint directory or a run folder holding `checkpoint/`. ema=True loads the
     EMA weights (better samples), False the raw ones. The model is in eval mode.
-    info: class_names (tuple), prediction ("eps" | "v"), image_size, step, num_classes,
-    null_label (= num_classes, the "no class" label; None for an unconditional model),
-    config (the training config dict), path (the checkpoint directory), ema.
+    info: `model_info`'s keys, plus path (the checkpoint directory) and ema.
     Corrupt, truncated, missing or mismatched files raise ValueError / FileNotFoundError (one line).
     """
     directory, config = read_config(path)
@@ -209,16 +225,6 @@ def load_model(path: str | os.PathLike, ema: bool = True) -> tuple[UNet, NoiseSc
         schedule = NoiseSchedule.from_config(config["schedule"])
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{directory / CONFIG_FILE}: bad schedule config ({err})") from None
-    num_classes = model.config.num_classes
-    info = {
-        "class_names": tuple(config["class_names"]),
-        "prediction": config["train_config"].get("prediction", "eps"),
-        "image_size": model.config.image_size,
-        "step": int(config["step"]),
-        "num_classes": num_classes,
-        "null_label": num_classes if num_classes > 0 else None,
-        "config": config["train_config"],
-        "path": directory,
-        "ema": ema,
-    }
+    info = model_info(config["train_config"], config["class_names"], int(config["step"]))
+    info.update(path=directory, ema=ema)
     return model, schedule, info

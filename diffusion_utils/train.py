@@ -418,28 +418,29 @@ class Trainer:
         model.eval()
         return model
 
-    def preview(self, n_per_class: int = 2, steps: int = 25, seed: int = 0) -> np.ndarray:
-        """Samples from the EMA weights, uint8 (n, H, W, 3): `n_per_class` rows, one column per class.
+    @property
+    def info(self) -> dict:
+        """The `info` dict that `checkpoint.load_model` returns for this run (for the samplers)."""
+        return checkpoint.model_info(self.config.to_dict(), self.dataset.class_names, self.step)
 
-        DPM-Solver++ with `steps` steps; classifier-free guidance 2 when trained with label dropout.
-        The same `seed` every time, so successive previews show the same noise being denoised.
+    def preview(self, per_class: int = 4, seed: int = 0) -> np.ndarray:
+        """Samples from the EMA weights with the samplers' defaults, uint8 (n, H, W, 3).
+
+        `per_class` images of each class in class order (16 for an unconditional model). The
+        same `seed` every time, so successive previews show the same noise being denoised.
         """
         from diffusion_utils import samplers  # imported here: only previews need the samplers
 
         classes = self.config.unet.num_classes
-        n = n_per_class * max(classes, 1) if classes else 8
-        labels = np.tile(np.arange(classes), n_per_class) if classes else None
-        guidance = 2.0 if classes and self.config.label_dropout > 0 else 1.0
-        return samplers.sample(self.ema_model(), self.schedule, "dpm++", n=n,
-                               image_size=self.config.image_size, steps=steps, labels=labels,
-                               guidance=guidance, seed=seed, prediction=self.config.prediction,
-                               null_label=self.null_label)
+        images, _ = samplers.sample_model(self.ema_model(), self.schedule, self.info,
+                                          n=per_class * classes if classes else 16, seed=seed)
+        return images
 
     def _save_preview(self) -> Path:
         from diffusion_utils import viz
 
         path = self.out_dir / "previews" / f"step_{self.step:06d}.png"
-        return viz.save_grid(self.preview(), path, nrow=max(self.config.unet.num_classes, 4))
+        return viz.save_grid(self.preview(), path, nrow=4)  # one class per row
 
     def _log(self, line: str) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)

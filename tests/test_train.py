@@ -138,6 +138,10 @@ def test_smoke_training_on_styles_learns(tmp_path):
     assert losses[-15:].mean() < 0.7 * losses[:5].mean()  # ~1.0 (predicting 0) down to ~0.5
     log = (tmp_path / "run" / "train.log").read_text()
     assert "loss" in log and "img/s" in log and '"preset": "smoke"' in log and "done: 60 steps" in log
+    key = train.random_key()
+    images = trainer.preview(per_class=1)  # one EMA sample per style
+    assert images.shape == (8, 16, 16, 3) and images.dtype == np.uint8
+    assert train.random_key() == key  # previews leave the training random stream alone
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
