@@ -8,7 +8,9 @@ call it directly. The explorers hold no maths of their own: schedules come from
 
 from __future__ import annotations
 
-from diffusion_utils import data, schedules, viz
+import time
+
+from diffusion_utils import data, samplers, schedules, viz
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -136,3 +138,83 @@ def default_explorer_images(size: int = 32, painting: str = "Wheat Field with Cy
     if not matches:
         raise ValueError(f"no painting title contains {painting!r}; see data/paintings/metadata.csv")
     return np.concatenate([style_image, paintings[matches[0]][None]])
+
+
+ALL_STYLES = "(every style)"  # the style menu's entry for one image of each style
+
+
+def update_sampler_view(
+    model,
+    schedule: schedules.NoiseSchedule,
+    info: dict,
+    sampler: str = samplers.DEFAULT_SAMPLER,
+    steps: int = samplers.DEFAULT_STEPS[samplers.DEFAULT_SAMPLER],
+    eta: float = 0.0,
+    guidance: float = samplers.DEFAULT_GUIDANCE,
+    style: str = ALL_STYLES,
+    seed: int = 0,
+    n: int = 8,
+) -> Figure:
+    """A grid of `n` fresh samples from a loaded checkpoint with the given settings; returns the Figure.
+
+    `model, schedule, info` come from `checkpoint.load_model`. `style`: a class name, or
+    `ALL_STYLES` for the classes evenly. `eta` only matters for "ddim" and is ignored by the
+    other samplers (the explorer greys its slider out). The title gives the settings, the
+    number of network evaluations and the wall time. Bad settings give a figure saying why.
+    """
+    start = time.perf_counter()
+    try:
+        images, _ = samplers.sample_model(
+            model, schedule, info, n=int(n), style=None if style == ALL_STYLES else style,
+            sampler_name=sampler, steps=int(steps), eta=eta if sampler == "ddim" else 0.0,
+            guidance=guidance, seed=int(seed),
+        )  # fmt: skip
+    except ValueError as err:
+        return _message_figure("These settings make no samples", str(err))
+    seconds = time.perf_counter() - start
+    evaluations = int(steps) * (2 if guidance not in (0, 1) and info["num_classes"] else 1)
+    fig = viz.show_images(images, nrow=min(int(n), 8), scale=1.4)
+    fig.suptitle(
+        f"{sampler}, {int(steps)} steps" + (f", eta {eta:g}" if sampler == "ddim" else "")
+        + f", guidance w = {guidance:g}, {style}, seed {int(seed)}: {evaluations} network "
+        f"evaluations per image, {seconds:.1f} s", fontsize=9,
+    )  # fmt: skip
+    return fig
+
+
+def sampler_explorer(model, schedule: schedules.NoiseSchedule, info: dict, n: int = 8,
+                     steps: int = samplers.DEFAULT_STEPS[samplers.DEFAULT_SAMPLER]):
+    """Controls for sampler, steps, eta, guidance, style and seed that redraw `update_sampler_view`.
+
+    `n` images per view; `steps` is the slider's starting value. Sampling takes seconds, so the
+    view is redrawn when a slider is released, not while it moves.
+    """
+    import ipywidgets as w
+
+    style = {"description_width": "7em"}
+    layout = w.Layout(width="30em")
+    names = list(info["class_names"]) if info["num_classes"] else []
+    controls = {
+        "sampler": w.Dropdown(options=list(samplers.SAMPLERS), value=samplers.DEFAULT_SAMPLER,
+                              description="sampler", style=style),
+        "steps": w.IntSlider(value=steps, min=1, max=100,
+                             description="steps", continuous_update=False, style=style, layout=layout),
+        "eta": w.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.1, description="eta (ddim)",
+                             continuous_update=False, style=style, layout=layout),
+        "guidance": w.FloatSlider(value=samplers.DEFAULT_GUIDANCE if names else 1.0, min=0.0, max=8.0,
+                                  step=0.5, description="guidance w", continuous_update=False,
+                                  style=style, layout=layout, disabled=not names),
+        "style": w.Dropdown(options=[ALL_STYLES, *names], value=ALL_STYLES, description="style",
+                            style=style, disabled=not names),
+        "seed": w.BoundedIntText(value=0, min=0, max=2**31 - 1, description="seed", style=style),
+    }  # fmt: skip
+
+    def grey_out_eta(change=None):
+        controls["eta"].disabled = controls["sampler"].value != "ddim"
+
+    controls["sampler"].observe(grey_out_eta, names="value")
+    grey_out_eta()
+    return w.interactive(
+        update_sampler_view, model=w.fixed(model), schedule=w.fixed(schedule), info=w.fixed(info),
+        n=w.fixed(n), **controls,
+    )  # fmt: skip
