@@ -26,43 +26,38 @@ def _on_gpu() -> bool:
     return mx.default_device().type == mx.DeviceType.gpu
 
 
-# --- SiLU -------------------------------------------------------------------------------
-# `nn.silu` costs ~15 ns per element on CPU (its sigmoid evaluates exp element by element);
-# a rational tanh written with plain +, *, / is fused by `mx.compile` into one vectorised
-# loop: ~5x faster forward, ~4x forward+backward, max abs error 4e-6 at |x| = 30.
+# --- exp, SiLU, softmax ------------------------------------------------------------------
+# MLX's CPU `exp` (and `sigmoid`, `softmax`, which use it) evaluates a polynomial one element
+# at a time through library calls: ~10 ns per element, 20x a multiply. The same polynomial
+# written with plain array ops is fused by `mx.compile` into one vectorised loop: `exp` ~6x,
+# SiLU ~4x, softmax ~3.5x faster, with the same relative error (~1e-7). Being made of
+# rounding and bit tricks it has no useful autodiff, so SiLU and softmax carry their own
+# (exact) gradients.
 
-# Odd numerator / even denominator of a 13/6 rational approximation of tanh on [-c, c]
-# (the one in Eigen's `generic_fast_tanh_float`; a couple of ulps of float32).
-_TANH_NUM = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
-             5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
-             -2.76076847742355e-16)
-_TANH_DEN = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
-             1.19825839466702e-06)
-_TANH_CLAMP = 7.99881172180175781  # tanh is +-1 in float32 beyond this
+_ROUND = 12582912.0  # 1.5 * 2**23: (v + _ROUND) - _ROUND rounds a float32 |v| < 2**22 to an integer
+_EXP2_POLY = (1.0, 6.931472028550421e-1, 2.402264791363012e-1, 5.550332471162809e-2,
+              9.618437357674640e-3, 1.339887440266574e-3, 1.535336188319500e-4)  # 2**f, |f| <= 1/2
 
 
-def _horner(coefficients: tuple[float, ...], z: mx.array) -> mx.array:
-    result = coefficients[-1]
-    for c in coefficients[-2::-1]:
-        result = result * z + c
-    return result
-
-
-def _sigmoid(x: mx.array) -> mx.array:
-    """sigmoid(x) = (1 + tanh(x / 2)) / 2, with tanh from the rational approximation."""
-    u = mx.minimum(mx.maximum(0.5 * x, -_TANH_CLAMP), _TANH_CLAMP)
-    u2 = u * u
-    return 0.5 + 0.5 * (u * _horner(_TANH_NUM, u2) / _horner(_TANH_DEN, u2))
+def _exp(x: mx.array) -> mx.array:
+    """e**x = 2**n * 2**f with n = round(x log2 e): the polynomial for 2**f, the bits of 2**n."""
+    t = mx.clip(x, -87.0, 88.0) * 1.4426950408889634  # x log2(e), clamped to float32's range
+    n = (t + _ROUND) - _ROUND  # nearest integer
+    p = _EXP2_POLY[-1]
+    for c in _EXP2_POLY[-2::-1]:
+        p = p * (t - n) + c  # Horner, f = t - n in [-1/2, 1/2]
+    two_n = mx.left_shift(n.astype(mx.int32) + 127, 23).view(mx.float32)  # exponent bits of 2**n
+    return p * two_n
 
 
 @mx.compile
 def _silu_forward(x: mx.array) -> mx.array:
-    return x * _sigmoid(x)
+    return x / (1.0 + _exp(-x))
 
 
 @mx.compile
 def _silu_backward(x: mx.array, cotangent: mx.array) -> mx.array:
-    s = _sigmoid(x)
+    s = 1.0 / (1.0 + _exp(-x))  # sigmoid(x)
     return cotangent * (s + x * s * (1.0 - s))  # d/dx [x s(x)] = s + x s (1 - s)
 
 
@@ -77,8 +72,34 @@ def _silu_fast_vjp(x, cotangent, output):  # a single primal arrives as the arra
 
 
 def silu(x: mx.array) -> mx.array:
-    """SiLU / swish, `x * sigmoid(x)` (Elfwing et al. 2018); same values as `nn.silu`."""
+    """SiLU / swish, `x * sigmoid(x)` (Elfwing et al. 2018); the values of `nn.silu`."""
     return nn.silu(x) if _on_gpu() else _silu_fast(x)
+
+
+@mx.compile
+def _softmax_last(x: mx.array) -> mx.array:
+    e = _exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@mx.compile
+def _softmax_last_backward(p: mx.array, cotangent: mx.array) -> mx.array:
+    return p * (cotangent - (cotangent * p).sum(axis=-1, keepdims=True))
+
+
+@mx.custom_function
+def _softmax_fast(x: mx.array) -> mx.array:
+    return _softmax_last(x)
+
+
+@_softmax_fast.vjp
+def _softmax_fast_vjp(x, cotangent, output):
+    return _softmax_last_backward(output, cotangent)
+
+
+def softmax(x: mx.array) -> mx.array:
+    """Softmax over the last axis; the values of `mx.softmax(x, axis=-1)`."""
+    return mx.softmax(x, axis=-1) if _on_gpu() else _softmax_fast(x)
 
 
 # --- GroupNorm --------------------------------------------------------------------------
@@ -106,10 +127,15 @@ def _group_norm(x: mx.array, weight: mx.array, bias: mx.array, groups: int, eps:
 class GroupNorm(nn.GroupNorm):
     """`nn.GroupNorm` with the same parameters (`weight`, `bias`) and results.
 
-    With `pytorch_compatible=True` (channels of a group are adjacent, as in PyTorch) and an
-    affine transform, CPU uses the transpose-free formulation above; otherwise, and on a
-    GPU, it is `nn.GroupNorm` itself.
+    Group normalisation (Wu & He 2018) of channels-last maps. Unlike `nn.GroupNorm` it defaults
+    to `pytorch_compatible=True`, the grouping of PyTorch and of every diffusion UNet: group g
+    holds the adjacent channels `[g C/G, (g + 1) C/G)`. Then, with an affine transform, CPU
+    uses the transpose-free formulation above; otherwise, and on a GPU, it is `nn.GroupNorm`.
     """
+
+    def __init__(self, num_groups: int, dims: int, eps: float = 1e-5, affine: bool = True,
+                 pytorch_compatible: bool = True):
+        super().__init__(num_groups, dims, eps=eps, affine=affine, pytorch_compatible=pytorch_compatible)
 
     def __call__(self, x: mx.array) -> mx.array:
         if _on_gpu() or not self.pytorch_compatible or "weight" not in self or x.ndim != 4:
@@ -147,7 +173,7 @@ def _shifted_matmuls(rows: mx.array, kernels: list[mx.array], shape: tuple[int, 
     batch, height, width = shape
     first, count = (height + 2) * (width + 2), batch * (height + 2) * (width + 2)
     out = init
-    for (di, dj), kernel in zip(_TAPS, kernels):
+    for (di, dj), kernel in zip(_TAPS, kernels, strict=True):
         start = first + sign * (di * (width + 2) + dj)
         block = rows[start:start + count]  # (count, in) contiguous view
         out = block @ kernel if out is None else mx.addmm(out, block, kernel)
