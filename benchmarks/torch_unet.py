@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 
+from diffusion_utils.unet import UNetConfig
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from diffusion_utils.unet import UNetConfig
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -98,8 +98,9 @@ class DownLevel(nn.Module):
                      config.dropout)
             for i in range(n)
         )
+        blocks = n if attention else 0
         self.attentions = nn.ModuleList(
-            AttentionBlock(out_channels, config.num_heads, config.groups) for _ in range(n if attention else 0)
+            AttentionBlock(out_channels, config.num_heads, config.groups) for _ in range(blocks)
         )
         self.downsample = Downsample(out_channels) if downsample else None
 

@@ -133,6 +133,20 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from diffusion_utils import bench
+
+    report = bench.run_bench(
+        args.preset or bench.DEFAULT_PRESETS, repeats=args.repeats, warmup=args.warmup,
+        sample_batch=args.sample_batch, batch_size=args.batch, use_torch=not args.no_torch,
+        blas_compare=args.blas_compare, threads=args.threads,
+    )  # fmt: skip
+    print(bench.format_table(report))
+    if args.json:
+        _print_json(report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m diffusion_utils", description="Diffusion models from scratch in MLX."
@@ -230,6 +244,34 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     evaluate.add_argument("--json", action="store_true", help="also print one JSON object (last line)")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    bench = sub.add_parser(
+        "bench", help="training and sampling speed of the presets, MLX next to PyTorch",
+        description="Time the compiled train step and the sampling forward pass of each preset's UNet "
+        "(median of --repeats after --warmup), with model FLOP utilisation against this machine's sgemm "
+        "speed, and the same network in PyTorch when it is installed (benchmarks/torch_unet.py).",
+    )  # fmt: skip
+    bench.add_argument(
+        "--preset", nargs="+", choices=list(PRESETS),
+        help="presets to time, the first is the headline (default: quick full)",
+    )  # fmt: skip
+    bench.add_argument("--repeats", type=int, default=5, metavar="N", help="timed calls (default 5)")
+    bench.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed calls first (default 2)")
+    bench.add_argument("--batch", type=int, metavar="B", help="training batch (default: the preset's)")
+    bench.add_argument(
+        "--sample-batch", type=int, default=64, metavar="B", help="images per sampling forward (default 64)"
+    )
+    bench.add_argument(
+        "--threads", type=int, metavar="N",
+        help="threads for OpenBLAS and PyTorch alike (default: OpenBLAS's own setting, one per core)",
+    )  # fmt: skip
+    bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    bench.add_argument(
+        "--blas-compare", action="store_true",
+        help="also time the headline preset's training with MLX's bundled BLAS (a slow subprocess)",
+    )  # fmt: skip
+    bench.add_argument("--json", action="store_true", help="also print one JSON object (last line)")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -1,0 +1,321 @@
+"""How fast this machine trains and samples the project's UNets, in MLX and (optionally) PyTorch.
+
+`python -m diffusion_utils bench [--json]` runs `run_bench`: for each training preset it
+measures, in one process,
+
+- the machine's ceiling: float32 sgemm GFLOP/s of MLX's default device (`backend.sgemm_gflops`);
+- the model: parameters and forward GFLOP per image (`unet.count_flops`: 2 FLOPs per
+  multiply-add of every conv, linear layer and attention matmul; norms, activations and
+  additions, a few percent, are not counted);
+- training: images/s of the real compiled step (`train.make_train_step`, the preset's batch);
+- sampling: images/s per network evaluation (one forward pass of a batch, run the way the
+  samplers run it);
+- peak memory of each (`mx.get_peak_memory`, reset in between);
+- MFU, model FLOP utilisation: achieved FLOP/s (3x the forward FLOPs per trained image, 1x per
+  sampled image) over the sgemm ceiling.
+
+When PyTorch imports, the same harness times `benchmarks/torch_unet.py` (the same network,
+weights copied from the MLX one) on the same batches and threads, interleaved with MLX round
+by round so that load from other processes hits both alike, and reports MLX/PyTorch ratios.
+Every figure is the median of `repeats` timed calls after `warmup` untimed ones.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from diffusion_utils import backend, data, train
+from diffusion_utils.schedules import make_schedule
+from diffusion_utils.unet import UNet, count_flops, parameter_count
+
+import mlx.core as mx
+import numpy as np
+
+DEFAULT_PRESETS = ("quick", "full")  # the first one is the headline (top-level fields)
+SAMPLE_BATCH = 64  # images per network evaluation when timing sampling
+TORCH_REFERENCE = Path(__file__).resolve().parent.parent / "benchmarks" / "torch_unet.py"
+
+
+def time_interleaved(variants: dict[str, Callable[[], None]], repeats: int = 5, warmup: int = 2,
+                     seed: int = 0) -> dict[str, dict[str, float]]:
+    """Median seconds per call of each callable (each must finish its work before returning).
+
+    Returns `{name: {"wall": s, "cpu": s}}`: wall-clock time, and this process's CPU time (all
+    threads), which load from other processes inflates much less. Every round runs every
+    variant once, in a fresh random order, so that a burst of such load slows all variants
+    alike; `warmup` untimed rounds come first.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"bench needs repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    order = list(variants)
+    rng = random.Random(seed)
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for name in order:
+            start, cpu = time.perf_counter(), time.process_time()
+            variants[name]()
+            times[name].append((time.perf_counter() - start, time.process_time() - cpu))
+    return {name: {"wall": float(np.median([w for w, _ in ts])), "cpu": float(np.median([c for _, c in ts]))}
+            for name, ts in times.items()}
+
+
+def blas_threads(threads: int | None = None) -> int:
+    """Set OpenBLAS's thread count when `threads` is given; return the count it uses.
+
+    Without OpenBLAS's `openblas_set_num_threads` (another BLAS, or MLX's own) the count is read
+    from OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, else one thread per core.
+    """
+    try:
+        process = ctypes.CDLL(None)
+        get, set_ = process.openblas_get_num_threads, process.openblas_set_num_threads
+    except (AttributeError, OSError):
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+            if os.environ.get(var, "").isdigit():
+                return int(os.environ[var])
+        return os.cpu_count() or 1
+    if threads is not None:
+        set_(threads)
+    return int(get())
+
+
+def load_torch_reference():
+    """The `benchmarks/torch_unet.py` module, or a string saying why it is unavailable."""
+    if importlib.util.find_spec("torch") is None:
+        return "PyTorch is not installed (pip install torch, or the `bench` extra)"
+    if not TORCH_REFERENCE.is_file():
+        return f"{TORCH_REFERENCE} not found (the PyTorch reference ships with a source checkout)"
+    spec = importlib.util.spec_from_file_location("torch_unet", TORCH_REFERENCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _MLXCase:
+    """One preset in MLX: the compiled train step and the sampling forward pass on fixed batches."""
+
+    def __init__(self, config: train.TrainConfig, sample_batch: int):
+        self.config = config
+        self.model = UNet(config.unet)
+        self.schedule = make_schedule(config.schedule, config.num_timesteps)
+        self.optimizer = train.make_optimizer(config)
+        num_classes = config.unet.num_classes
+        self.step = train.make_train_step(
+            self.model, self.optimizer, self.schedule, config.prediction, config.loss_weighting,
+            config.grad_clip, config.label_dropout, num_classes if num_classes else None)
+        self.state = [self.model.state, self.optimizer.state, mx.random.state]
+        size, channels = config.image_size, config.unet.in_channels
+        rng = np.random.default_rng(config.seed)
+        self.x0 = mx.array(rng.uniform(-1, 1, (config.batch_size, size, size, channels)), dtype=mx.float32)
+        labels = rng.integers(0, max(num_classes, 1), config.batch_size)
+        self.y = mx.array(labels, dtype=mx.int32) if num_classes else None
+        self.x_t = mx.array(rng.standard_normal((sample_batch, size, size, channels)), dtype=mx.float32)
+        self.t = mx.array(rng.integers(0, config.num_timesteps, sample_batch), dtype=mx.int32)
+        self.y_sample = mx.full((sample_batch,), num_classes, dtype=mx.int32) if num_classes else None
+        mx.eval(self.model.parameters(), self.x0, self.x_t, self.t)
+
+    def train_step(self) -> None:
+        loss, grad_norm = self.step(self.x0, self.y)
+        mx.eval(self.state, loss, grad_norm)
+
+    def sample_step(self) -> None:
+        mx.eval(self.model(self.x_t, self.t, self.y_sample))  # eager, as the samplers call it
+
+
+class _TorchCase:
+    """The same preset in PyTorch: the same network and weights, the same step, the same batches."""
+
+    def __init__(self, reference, mlx_case: _MLXCase):
+        import torch
+
+        config = mlx_case.config
+        self.torch = torch
+        self.model = reference.load_mlx_weights(reference.TorchUNet(config.unet), mlx_case.model)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        self.grad_clip, self.label_dropout = config.grad_clip, config.label_dropout
+        self.num_classes, self.num_steps = config.unet.num_classes, config.num_timesteps
+
+        def nchw(a):
+            return torch.from_numpy(np.array(a)).permute(0, 3, 1, 2).contiguous()
+
+        def labels(a):
+            return None if a is None else torch.from_numpy(np.array(a)).long()
+
+        self.sqrt_ab = torch.from_numpy(np.array(mlx_case.schedule.sqrt_alphas_cumprod))
+        self.sqrt_1mab = torch.from_numpy(np.array(mlx_case.schedule.sqrt_one_minus_alphas_cumprod))
+        self.x0, self.y = nchw(mlx_case.x0), labels(mlx_case.y)
+        self.x_t, self.t, self.y_sample = nchw(mlx_case.x_t), labels(mlx_case.t), labels(mlx_case.y_sample)
+
+    def train_step(self) -> None:
+        """`train.make_train_step` in PyTorch: random t, noise and label dropout; MSE; clip; AdamW."""
+        torch, x0, y = self.torch, self.x0, self.y
+        self.model.train()
+        t = torch.randint(0, self.num_steps, (x0.shape[0],))
+        noise = torch.randn_like(x0)
+        x_t = self.sqrt_ab[t].view(-1, 1, 1, 1) * x0 + self.sqrt_1mab[t].view(-1, 1, 1, 1) * noise
+        if y is not None and self.label_dropout > 0:
+            y = torch.where(torch.rand(y.shape) >= self.label_dropout, y, self.num_classes)
+        loss = ((self.model(x_t, t, y) - noise) ** 2).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+
+    def sample_step(self) -> None:
+        self.model.eval()
+        with self.torch.inference_mode():
+            self.model(self.x_t, self.t, self.y_sample)
+
+
+def _peak_memory_mb(fn: Callable[[], None]) -> float:
+    """Peak MLX memory (MB) of one call of `fn`, counted from the memory in use before it."""
+    mx.reset_peak_memory()
+    fn()
+    return mx.get_peak_memory() / 2**20
+
+
+def bench_preset(name: str, sgemm_gflops: float, reference=None, repeats: int = 5, warmup: int = 2,
+                 sample_batch: int = SAMPLE_BATCH, batch_size: int | None = None,
+                 sample: bool = True) -> dict:
+    """All figures for one training preset; PyTorch ones too when `reference` is the torch module."""
+    overrides = {"batch_size": batch_size} if batch_size else {}
+    unet = replace(train.PRESETS[name].unet, num_classes=len(data.STYLES))  # as on the style data
+    config = train.get_preset(name, unet=unet, **overrides)
+    mx.random.seed(config.seed)
+    case = _MLXCase(config, sample_batch)
+    gflop = count_flops(config.unet) / 1e9
+    result = {
+        "preset": name, "image_size": config.image_size, "batch_size": config.batch_size,
+        "sample_batch": sample_batch, "parameters": parameter_count(case.model),
+        "gflop_per_image": round(gflop, 4),
+    }
+    torch_case = _TorchCase(reference, case) if reference is not None else None
+    phases = [("train", 3.0, config.batch_size)] + ([("sample", 1.0, sample_batch)] if sample else [])
+    for phase, flop_factor, batch in phases:
+        mlx_fn = getattr(case, f"{phase}_step")
+        variants = {"mlx": mlx_fn}
+        if torch_case is not None:
+            variants["torch"] = getattr(torch_case, f"{phase}_step")
+        timed = time_interleaved(variants, repeats, warmup)
+        seconds = timed["mlx"]["wall"]
+        result[f"mlx_{phase}_img_s"] = round(batch / seconds, 3)
+        result[f"mlx_{phase}_cpu_s_per_img"] = round(timed["mlx"]["cpu"] / batch, 5)
+        result[f"mlx_{phase}_peak_memory_mb"] = round(_peak_memory_mb(mlx_fn), 1)
+        achieved = flop_factor * gflop * batch / seconds  # GFLOP/s
+        result[f"mlx_{phase}_gflops"] = round(achieved, 2)
+        result[f"mlx_{phase}_mfu"] = round(achieved / sgemm_gflops, 4)
+        if torch_case is not None:
+            result[f"torch_{phase}_img_s"] = round(batch / timed["torch"]["wall"], 3)
+            result[f"torch_{phase}_cpu_s_per_img"] = round(timed["torch"]["cpu"] / batch, 5)
+            result[f"{phase}_ratio_mlx_over_torch"] = round(timed["torch"]["wall"] / seconds, 3)
+            cpu_ratio = timed["torch"]["cpu"] / timed["mlx"]["cpu"]
+            result[f"{phase}_cpu_ratio_mlx_over_torch"] = round(cpu_ratio, 3)
+    return result
+
+
+def _blas_off_train_img_s(preset: str, repeats: int, warmup: int, batch_size: int | None) -> float:
+    """Train img/s of `preset` in a fresh process that keeps MLX's bundled reference BLAS."""
+    code = (
+        "import json, diffusion_utils.bench as b; "
+        f"r = b.bench_preset({preset!r}, 1.0, None, {repeats}, {warmup}, batch_size={batch_size!r}, "
+        "sample=False); print(json.dumps(r))"
+    )
+    env = {**os.environ, backend.ENV_VAR: "off"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the reference-BLAS run failed: {done.stderr.strip().splitlines()[-1:]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["mlx_train_img_s"])
+
+
+def run_bench(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, repeats: int = 5, warmup: int = 2,
+              sample_batch: int = SAMPLE_BATCH, batch_size: int | None = None, use_torch: bool = True,
+              blas_compare: bool = False, threads: int | None = None) -> dict:
+    """Benchmark every preset in `presets`; one JSON-safe dict (see the module docstring).
+
+    Top-level `mlx_*`, `torch_*` and `*_ratio_mlx_over_torch` fields repeat those of the
+    first preset (the headline). `blas_compare` also times the first preset's training in a
+    subprocess with `DIFFUSION_UTILS_BLAS=off` and reports `blas_speedup`.
+    """
+    presets = list(presets)
+    if not presets:
+        raise ValueError("bench needs at least one preset")
+    for name in presets:
+        train.get_preset(name)  # one-line ValueError for an unknown name
+    if repeats < 1 or warmup < 0 or sample_batch < 1 or (batch_size is not None and batch_size < 1):
+        raise ValueError("bench needs --repeats >= 1, --warmup >= 0, --sample-batch >= 1 and --batch >= 1")
+    if threads is not None and threads < 1:
+        raise ValueError(f"bench needs --threads >= 1, got {threads}")
+    threads = blas_threads(threads)
+    reference = load_torch_reference() if use_torch else "disabled (--no-torch)"
+    torch_version = None
+    if not isinstance(reference, str):
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        torch_version = torch.__version__
+    sgemm = backend.sgemm_gflops()
+    report = {
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+        "mlx": mx.__version__, "device": str(mx.default_device()), "blas": backend.blas_in_use(),
+        "threads": threads, "torch": torch_version,
+        "torch_skipped": reference if isinstance(reference, str) else None,
+        "repeats": repeats, "warmup": warmup, "sgemm_gflops": round(sgemm, 1),
+        "flops_counted": "unet.count_flops: 2 per multiply-add of convs, linears and attention "
+                         "matmuls; training counts 3x the forward",
+        "presets": {},
+    }
+    for name in presets:
+        report["presets"][name] = bench_preset(
+            name, sgemm, None if isinstance(reference, str) else reference, repeats, warmup,
+            sample_batch, batch_size)
+    headline = report["presets"][presets[0]]
+    report["headline_preset"] = presets[0]
+    for key, value in headline.items():
+        if key.startswith(("mlx_", "torch_")) or key.endswith("_mlx_over_torch"):
+            report[key] = value
+    report["blas_speedup"] = None
+    if blas_compare:
+        off = _blas_off_train_img_s(presets[0], max(1, min(repeats, 2)), min(warmup, 1), batch_size)
+        report["blas_off_train_img_s"] = round(off, 3)
+        report["blas_speedup"] = round(headline["mlx_train_img_s"] / off, 2)
+    return report
+
+
+def format_table(report: dict) -> str:
+    """The report as a small Markdown table, one row per preset."""
+    cols = [("parameters", "params"), ("gflop_per_image", "GFLOP/img"), ("batch_size", "batch"),
+            ("mlx_train_img_s", "MLX train img/s"), ("torch_train_img_s", "torch train img/s"),
+            ("train_ratio_mlx_over_torch", "train MLX/torch"), ("mlx_train_mfu", "train MFU"),
+            ("mlx_sample_img_s", "MLX sample img/s"), ("torch_sample_img_s", "torch sample img/s"),
+            ("sample_ratio_mlx_over_torch", "sample MLX/torch"),
+            ("mlx_train_peak_memory_mb", "train peak MB")]
+    lines = ["| preset | " + " | ".join(title for _, title in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for name, row in report["presets"].items():
+        lines.append(f"| {name} | " + " | ".join(str(row.get(key, "-")) for key, _ in cols) + " |")
+    notes = [f"sgemm ceiling {report['sgemm_gflops']} GFLOP/s ({report['blas']}), "
+             f"{report['threads']} threads, MLX {report['mlx']} on {report['device']}"]
+    if report["torch_skipped"]:
+        notes.append(f"PyTorch comparison skipped: {report['torch_skipped']}")
+    else:
+        notes.append(f"PyTorch {report['torch']}")
+    if report["blas_speedup"] is not None:
+        notes.append(f"fast BLAS vs MLX's bundled BLAS, {report['headline_preset']} training: "
+                     f"{report['blas_speedup']}x ({report['blas_off_train_img_s']} img/s without)")
+    return "\n".join(lines + [""] + notes)
