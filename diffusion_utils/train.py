@@ -119,8 +119,10 @@ class TrainConfig:
         return cls(**{**d, "unet": UNetConfig.from_dict(d.get("unet", {}))})
 
 
-# Sizes chosen from measured train img/s on a 2-core x86_64 CPU with OpenBLAS (see the module
-# docstring of each preset's UNet in the training notebook); num_classes is filled in from the data.
+# Sized by measured training speed (compiled step, batch 32, 2-core x86_64 CPU with OpenBLAS, shared, noisy):
+# the 32x32 cost is dominated by the full-resolution level, so `full` keeps that level narrow (32 channels, 1
+# block) and puts its capacity at 16x16 and 8x8 (64 and 128 channels), where the layout of a style is decided.
+# `num_classes` is filled in from the data set.
 PRESETS: dict[str, TrainConfig] = {
     # seconds: for tests and a first look at the loop; learns little
     "smoke": TrainConfig(
@@ -138,13 +140,13 @@ PRESETS: dict[str, TrainConfig] = {
         batch_size=32, learning_rate=2e-3, warmup_steps=50, ema_decay=0.995,
         steps=800, log_every=50, checkpoint_every=200, preview_every=0,
     ),
-    # the shipped model's recipe: ~50 minutes of training on the same CPU
+    # the shipped model's recipe: ~50 minutes on a quiet 2-core x86 CPU (~15 img/s); less on Apple silicon
     "full": TrainConfig(
         preset="full",
-        unet=UNetConfig(base_channels=48, channel_mults=(1, 2, 2), num_res_blocks=2,
-                        attention_resolutions=(8,), groups=8),
-        batch_size=32, learning_rate=5e-4, warmup_steps=200, ema_decay=0.999,
-        steps=6000, log_every=100, checkpoint_every=500, preview_every=1000,
+        unet=UNetConfig(base_channels=32, channel_mults=(1, 2, 4), num_res_blocks=1,
+                        attention_resolutions=(8,)),
+        batch_size=32, learning_rate=1e-3, warmup_steps=100, ema_decay=0.999,
+        steps=1800, log_every=50, checkpoint_every=250, preview_every=500,
     ),
 }
 
@@ -319,6 +321,8 @@ class Trainer:
                  compiled: bool = True, _state: tuple | None = None):
         self.out_dir = Path(out_dir)
         self.checkpoint_path = self.out_dir / checkpoint.CHECKPOINT_DIR
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ValueError(f"{self.out_dir} is a file; give a folder for the run")
         if _state is None and checkpoint.has_checkpoint(self.out_dir):
             raise ValueError(f"{self.out_dir} already holds a checkpoint; resume it (--resume) or "
                              "choose another output folder")
@@ -475,12 +479,13 @@ class Trainer:
         self.config.steps = total
         cfg = self.config
         self._log_header(total)
-        run_start = window_start = time.perf_counter()
-        run_first_step, window_first_step, images_per_second = self.step, self.step, float("nan")
+        run_start, run_first_step = time.perf_counter(), self.step
+        step_seconds = []  # wall time of each step since the last log line (checkpoints, previews excluded)
         bar = tqdm(total=total, initial=self.step, desc=f"train {cfg.preset}", unit="step",
                    disable=not progress, dynamic_ncols=True)
         try:
             while self.step < total:
+                start = time.perf_counter()
                 x, y = next(self.batches)  # (B, H, W, 3) in [-1, 1], (B,) int32
                 loss, grad_norm = self.train_step(x, y if self.null_label is not None else None)
                 self.step += 1
@@ -491,19 +496,18 @@ class Trainer:
                 if not math.isfinite(loss):
                     self._stop_non_finite(loss)
                 self.history.append((self.step, loss))
-                now = time.perf_counter()
-                if self.step - window_first_step >= 5 or self.step == total:  # img/s over >= 5 steps
-                    seconds = now - window_start
-                    images_per_second = (self.step - window_first_step) * cfg.batch_size / seconds
-                    window_start, window_first_step = now, self.step
+                step_seconds.append(time.perf_counter() - start)
                 bar.update()
-                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_second:.1f}")
+                last = step_seconds[-5:]  # img/s over the last few steps
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{cfg.batch_size * len(last) / sum(last):.1f}")
                 if self.step % cfg.log_every == 0 or self.step == total:
-                    recent = [v for _, v in self.history[-cfg.log_every:]]
+                    recent = [v for _, v in self.history[-len(step_seconds):]]
+                    rate = cfg.batch_size * len(step_seconds) / sum(step_seconds)
                     self._log(f"step {self.step:>7d}/{total}  loss {np.mean(recent):.5f}  "
-                              f"grad_norm {grad_norm.item():.3f}  img/s {images_per_second:6.1f}  "
+                              f"grad_norm {grad_norm.item():.3f}  img/s {rate:6.1f}  "
                               f"lr {self.optimizer.learning_rate.item():.2e}  "
-                              f"elapsed {_clock(now - run_start)}")
+                              f"elapsed {_clock(time.perf_counter() - run_start)}")
+                    step_seconds.clear()
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == total:
                     self._log(f"checkpoint at step {self.step} -> {self.save()}")
                 if cfg.preview_every != -1 and (
