@@ -145,45 +145,51 @@ class GroupNorm(nn.GroupNorm):
 
 # --- Conv2d -----------------------------------------------------------------------------
 # A 3x3 'same' conv as 9 matmuls on row-shifted slices of the zero-padded input, instead of
-# `mx.conv2d`'s im2col copy (9x the input) and its slow generic backward. Flatten the padded
-# batch to rows: pixel (b, i, j) of image b is row r = ((b+1) (H+2) + i) (W+2) + j (one zero
-# image before and after the batch, a zero ring around every image), and its neighbour
-# (i + di, j + dj) is row r + di (W+2) + dj. So tap (di, dj) of the kernel multiplies a
-# contiguous block of rows, a plain sgemm on a view, for every pixel at once; rows on the
-# padding ring compute garbage that is sliced off. The backward pass is the same 9
-# shifted matmuls with the transposed kernel (input gradient) and 9 transposed matmuls
-# (kernel gradient). Forward+backward measured 1.4-2.7x faster than `mx.conv2d` at
-# 16x16 and 32x32 with 32-128 channels (and at least on par with PyTorch's oneDNN conv).
-# A 1x1 conv is a single matmul.
+# `mx.conv2d`'s im2col copy (9x the input) and its slow generic backward. Flatten the batch to
+# rows with a zero row below and a zero column right of every image, and a zero image before
+# and after the batch: pixel (b, i, j) is row r = ((b + 1) (H + 1) + i) (W + 1) + j, and its
+# neighbour (i + di, j + dj) is row r + di (W + 1) + dj, which is a zero when it falls outside
+# the image (the zero column right of a row is also left of the next one; the zero row below
+# an image is also above the next). So tap (di, dj) of the kernel multiplies one contiguous
+# block of rows, a plain sgemm on a view, for every pixel at once; the rows of the zero row
+# and column compute garbage that is sliced off (13% more rows at 16x16, 27% at 8x8). The
+# backward pass is the same 9 shifted matmuls with the transposed kernel (input gradient)
+# and 9 transposed matmuls (kernel gradient). Measured forward+backward: 2x `mx.conv2d`
+# (benchmarks/PROFILE.md). A 1x1 conv is a single matmul.
 
 _TAPS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]  # kernel index (di + 1, dj + 1)
 
 
 def _padded_rows(x: mx.array) -> mx.array:
-    """(B, H, W, C) -> ((B+2)(H+2)(W+2), C): zero image before and after, zero ring around each."""
-    return mx.pad(x, ((1, 1), (1, 1), (1, 1), (0, 0))).reshape(-1, x.shape[-1])
+    """(B, H, W, C) -> ((B+2)(H+1)(W+1), C): zero image before and after, zero row and column after each."""
+    return mx.pad(x, ((1, 1), (0, 1), (0, 1), (0, 0))).reshape(-1, x.shape[-1])
+
+
+def _real_rows(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(first, count): the block of rows of `_padded_rows` that holds the B real images."""
+    batch, height, width = shape
+    return (height + 1) * (width + 1), batch * (height + 1) * (width + 1)
 
 
 def _shifted_matmuls(rows: mx.array, kernels: list[mx.array], shape: tuple[int, ...],
                      sign: int, init: mx.array | None = None) -> mx.array:
-    """sum over taps of rows[r + sign * offset(tap)] @ kernels[tap], for the rows r of the real images.
+    """For every real row r: sum over taps of rows[r + sign * offset(tap)] @ kernels[tap], plus `init`.
 
-    Returns ((B)(H+2)(W+2), out) rows, `init` (broadcast) added.
+    Returns (B (H+1) (W+1), out) rows.
     """
-    batch, height, width = shape
-    first, count = (height + 2) * (width + 2), batch * (height + 2) * (width + 2)
+    first, count = _real_rows(shape)
     out = init
     for (di, dj), kernel in zip(_TAPS, kernels, strict=True):
-        start = first + sign * (di * (width + 2) + dj)
-        block = rows[start:start + count]  # (count, in) contiguous view
+        start = first + sign * (di * (shape[2] + 1) + dj)
+        block = rows[start:start + count]  # (count, in), a contiguous view
         out = block @ kernel if out is None else mx.addmm(out, block, kernel)
     return out
 
 
 def _interior(rows: mx.array, shape: tuple[int, ...]) -> mx.array:
-    """((B)(H+2)(W+2), C) rows -> (B, H, W, C) without the padding ring."""
+    """(B (H+1) (W+1), C) rows -> (B, H, W, C), without the zero row and column."""
     batch, height, width = shape
-    return rows.reshape(batch, height + 2, width + 2, -1)[:, 1:-1, 1:-1, :]
+    return rows.reshape(batch, height + 1, width + 1, -1)[:, :height, :width, :]
 
 
 @mx.custom_function
@@ -197,14 +203,13 @@ def conv3x3(x: mx.array, weight: mx.array, bias: mx.array) -> mx.array:
 @conv3x3.vjp
 def _conv3x3_vjp(primals, cotangent, output):
     x, weight, _ = primals
-    batch, height, width = shape = x.shape[:3]
-    first, count = (height + 2) * (width + 2), batch * (height + 2) * (width + 2)
-    grad_rows = _padded_rows(cotangent)  # zero on the ring, so garbage rows contribute nothing
+    shape = x.shape[:3]
+    first, count = _real_rows(shape)
+    grad_rows = _padded_rows(cotangent)  # zero where the forward pass computed garbage
     kernels = [weight[:, di + 1, dj + 1, :] for di, dj in _TAPS]  # (O, C) each
     dx = _interior(_shifted_matmuls(grad_rows, kernels, shape, -1), shape)  # (B, H, W, C)
-    rows = _padded_rows(x)
-    g = grad_rows[first:first + count]  # (count, O)
-    starts = [first + di * (width + 2) + dj for di, dj in _TAPS]
+    rows, g = _padded_rows(x), grad_rows[first:first + count]  # g: (count, O)
+    starts = [first + di * (shape[2] + 1) + dj for di, dj in _TAPS]
     dw = [g.T @ rows[start:start + count] for start in starts]  # (O, C) each
     dw = mx.stack(dw, axis=1).reshape(weight.shape)  # (O, 3, 3, C)
     return dx, dw, cotangent.sum(axis=(0, 1, 2))

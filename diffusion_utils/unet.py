@@ -227,8 +227,8 @@ class AttentionBlock(nn.Module):
         B, H, W, C = x.shape
         heads, d = self.num_heads, C // self.num_heads
         qkv = self.qkv(self.norm(x).reshape(B, H * W, C))  # (B, L, 3C)
-        qkv = qkv.reshape(B, H * W, 3, heads, d).transpose(2, 0, 3, 1, 4)  # (3, B, heads, L, d)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, L, d) each
+        qkv = qkv.reshape(B, H * W, 3 * heads, d).transpose(0, 2, 1, 3)  # (B, 3 * heads, L, d)
+        q, k, v = mx.split(qkv, 3, axis=1)  # (B, heads, L, d) each; views (qkv[i] would copy, slowly)
         scores = (q * d**-0.5) @ k.swapaxes(-1, -2)  # (B, heads, L, L)
         out = softmax(scores) @ v  # (B, heads, L, d)
         out = out.transpose(0, 2, 1, 3).reshape(B, H, W, C)  # (B, H, W, C)
