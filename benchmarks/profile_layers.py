@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/profile_layers.py [--threads 1] [--batch 64] [--rounds 7] [--only conv ...]
 
-For each op at the shapes the presets use, times the forward pass and forward+backward
-(value_and_grad; PyTorch: backward()) of every variant, interleaved round by round
+For each op at the shapes the presets use, times the forward pass (eager, as in sampling) and
+forward+backward (value_and_grad under mx.compile, as in the train step; PyTorch: backward())
+of every variant, interleaved round by round
 (`diffusion_utils.bench.time_interleaved`), and prints the median CPU time of this process
 (robust to load from other processes) next to the wall time. Every MLX variant is first
 checked against the plain MLX op (values and gradients). `--model quick` adds a per-layer
@@ -149,8 +150,8 @@ def profile_ops(batch, rounds, only):
         errors = {v: check(reference, fn, args) for v, fn in variants.items()}
         forward, both = {}, {}
         argnums = tuple(range(len(args)))
-        for v, fn in variants.items():  # gradients w.r.t. every input (x, and weights where there are)
-            grad = mx.value_and_grad(lambda *a, fn=fn: fn(*a).square().sum(), argnums=argnums)
+        for v, fn in variants.items():  # gradients w.r.t. every input; compiled, as in the train step
+            grad = mx.compile(mx.value_and_grad(lambda *a, fn=fn: fn(*a).square().sum(), argnums=argnums))
             forward[v] = lambda fn=fn, args=args: mx.eval(fn(*args))
             both[v] = lambda grad=grad, args=args: mx.eval(grad(*args))
         for v, (tensors, fn) in (torch_variant(name, args).items() if has_torch else []):

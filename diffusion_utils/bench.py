@@ -93,6 +93,16 @@ def blas_threads(threads: int | None = None) -> int:
     return int(get())
 
 
+def blas_core() -> str | None:
+    """The kernel family OpenBLAS picked for this CPU (e.g. "Haswell" = AVX2, "SkylakeX" = AVX-512)."""
+    try:
+        corename = ctypes.CDLL(None).openblas_get_corename
+    except (AttributeError, OSError):
+        return None
+    corename.restype = ctypes.c_char_p
+    return corename().decode()
+
+
 def load_torch_reference():
     """The `benchmarks/torch_unet.py` module, or a string saying why it is unavailable."""
     if importlib.util.find_spec("torch") is None:
@@ -273,7 +283,7 @@ def run_bench(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, repeats: i
     report = {
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
         "mlx": mx.__version__, "device": str(mx.default_device()), "blas": backend.blas_in_use(),
-        "threads": threads, "torch": torch_version,
+        "blas_core": blas_core(), "threads": threads, "torch": torch_version,
         "torch_skipped": reference if isinstance(reference, str) else None,
         "repeats": repeats, "warmup": warmup, "sgemm_gflops": round(sgemm, 1),
         "flops_counted": "unet.count_flops: 2 per multiply-add of convs, linears and attention "
@@ -309,7 +319,8 @@ def format_table(report: dict) -> str:
              "|---" * (len(cols) + 1) + "|"]
     for name, row in report["presets"].items():
         lines.append(f"| {name} | " + " | ".join(str(row.get(key, "-")) for key, _ in cols) + " |")
-    notes = [f"sgemm ceiling {report['sgemm_gflops']} GFLOP/s ({report['blas']}), "
+    core = f", {report['blas_core']} kernels" if report["blas_core"] else ""
+    notes = [f"sgemm ceiling {report['sgemm_gflops']} GFLOP/s ({report['blas']}{core}), "
              f"{report['threads']} threads, MLX {report['mlx']} on {report['device']}"]
     if report["torch_skipped"]:
         notes.append(f"PyTorch comparison skipped: {report['torch_skipped']}")
