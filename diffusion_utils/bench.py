@@ -159,6 +159,10 @@ class _TorchCase:
                                            weight_decay=config.weight_decay)
         self.grad_clip, self.label_dropout = config.grad_clip, config.label_dropout
         self.num_classes, self.num_steps = config.unet.num_classes, config.num_timesteps
+        self.prediction = config.prediction
+        weights = train.loss_weights(mlx_case.schedule, mx.arange(config.num_timesteps), config.prediction,
+                                     config.loss_weighting)  # (T,) per-timestep loss weights
+        self.weights = torch.from_numpy(np.array(weights))
 
         def nchw(a):
             return torch.from_numpy(np.array(a)).permute(0, 3, 1, 2).contiguous()
@@ -172,15 +176,19 @@ class _TorchCase:
         self.x_t, self.t, self.y_sample = nchw(mlx_case.x_t), labels(mlx_case.t), labels(mlx_case.y_sample)
 
     def train_step(self) -> None:
-        """`train.make_train_step` in PyTorch: random t, noise and label dropout; MSE; clip; AdamW."""
+        """`train.make_train_step` in PyTorch: random t, noise and label dropout; weighted MSE to the
+        eps or v target; gradient clipping; AdamW."""
         torch, x0, y = self.torch, self.x0, self.y
         self.model.train()
         t = torch.randint(0, self.num_steps, (x0.shape[0],))
         noise = torch.randn_like(x0)
-        x_t = self.sqrt_ab[t].view(-1, 1, 1, 1) * x0 + self.sqrt_1mab[t].view(-1, 1, 1, 1) * noise
+        a, b = self.sqrt_ab[t].view(-1, 1, 1, 1), self.sqrt_1mab[t].view(-1, 1, 1, 1)
+        x_t = a * x0 + b * noise
+        target = noise if self.prediction == "eps" else a * noise - b * x0
         if y is not None and self.label_dropout > 0:
             y = torch.where(torch.rand(y.shape) >= self.label_dropout, y, self.num_classes)
-        loss = ((self.model(x_t, t, y) - noise) ** 2).mean()
+        per_sample = ((self.model(x_t, t, y) - target) ** 2).mean(dim=(1, 2, 3))
+        loss = (self.weights[t] * per_sample).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
