@@ -12,6 +12,8 @@ The step follows mlx-examples: a free `loss_fn`, `nn.value_and_grad`, and
 `partial(mx.compile, inputs=state, outputs=state)` with
 `state = [model.state, optimizer.state, mx.random.state]`; t, the noise and the label dropout
 are drawn inside the step, which is why the random state is part of the compiled state.
+`Trainer` runs the loop (progress bar, loss history, `train.log`, previews, NaN guard) and saves
+atomic, exactly resumable checkpoints through `checkpoint.py`; `PRESETS` holds the recipes.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 100  # linear warm-up from 0, then constant
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW's decoupled decay; 0 (plain Adam), as in Ho et al. 2020
     grad_clip: float = 1.0  # max global gradient norm
     ema_decay: float = 0.999  # EMA horizon ~1/(1-decay) steps
     label_dropout: float = 0.1  # P(label -> null class), for classifier-free guidance
