@@ -320,7 +320,8 @@ class Trainer:
     Files in `out_dir`: `checkpoint/` (see `checkpoint.py`), `train.log` (human-readable:
     config, loss every `log_every` steps, images/s, wall time), `previews/step_NNNNNN.png`.
     Pass `dataset` (a `data.Dataset`) to train on images already in memory; by default
-    `data.load_dataset(config.dataset, config.image_size, config.seed)` is used.
+    `data.load_dataset(config.dataset, config.image_size, config.seed)` is used. Building a
+    Trainer seeds MLX's global random generator with `config.seed` (the step draws from it).
     """
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, dataset: data.Dataset | None = None,
