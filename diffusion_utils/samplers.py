@@ -491,12 +491,13 @@ def sample(
 
 # --------------------------------------------------------------------------- trained checkpoints
 
-# Defaults of the `sample` and `evaluate` commands and of notebook 04's gallery. DPM-Solver++(2M)
-# is built for 10-20 steps (Lu et al. 2022); DDIM needs ~50; DDPM adds fresh noise every step and
-# needs hundreds. Notebook 04 plots quality against steps for all three.
+# Defaults of the `sample` and `evaluate` commands and of notebook 04's gallery, from `evaluate`-style
+# measurements (n = 256, w = 2) on a `quick`-preset model: DPM-Solver++(2M) at 10 or 20 steps reached
+# KID at its real-vs-real floor with style accuracy 0.96, DDIM at 50 steps not yet (KID 0.28 +- 0.30);
+# DDPM at 100 steps did as well as DPM-Solver++ at five times the cost. Notebook 04 plots the sweep.
 DEFAULT_SAMPLER = "dpm++"
-DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpm++": 20}
-DEFAULT_GUIDANCE = 3.0  # w: a moderate push towards the asked-for style; notebook 04 sweeps w
+DEFAULT_STEPS = {"ddpm": 100, "ddim": 50, "dpm++": 20}
+DEFAULT_GUIDANCE = 3.0  # w: style accuracy 0.98 against 0.96 at w = 2 and 0.95 at 1.5, KID within noise
 
 
 def style_labels(n: int, num_classes: int, style: int | None = None) -> np.ndarray:
