@@ -543,18 +543,23 @@ class Trainer:
         raise NonFiniteLossError(message)
 
 
+_CADENCE = ("log_every", "checkpoint_every", "preview_every")  # how often to report, not what is learned
+
+
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, dataset: data.Dataset | None = None,
           compiled: bool = True, progress: bool = True,
           callback: Callable[[Trainer], None] | None = None) -> Trainer:
     """Train `config` into `out_dir` and return the Trainer (its model, EMA weights, history).
 
     resume=True continues the run stored in `out_dir` until `config.steps` in total; the stored
-    run must have been started with the same config apart from `steps` (ValueError otherwise).
+    run must have been started with the same config apart from `steps` and the log, checkpoint and
+    preview cadence, which do not change the weights and are taken from `config` (ValueError otherwise).
     """
     if not resume:
         trainer = Trainer(config, out_dir, dataset, compiled)
     else:
         trainer = Trainer.resume(out_dir, dataset, compiled)
+        trainer.config = replace(trainer.config, **{key: getattr(config, key) for key in _CADENCE})
         stored = replace(trainer.config, steps=config.steps).to_dict()
         unet = replace(config.unet, num_classes=trainer.config.unet.num_classes)  # set from the data
         asked = replace(config, unet=unet).to_dict()

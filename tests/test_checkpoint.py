@@ -58,6 +58,16 @@ def test_resume_is_bit_exact(tmp_path):
         assert fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)
 
 
+def test_resume_accepts_a_new_cadence(tmp_path):
+    """Log/checkpoint/preview intervals may change between runs (e.g. a newer preset) without
+    changing what is learned: the resumed run equals the uninterrupted one."""
+    whole = train.train(_config(6), tmp_path / "whole", dataset=DATASET, progress=False)
+    train.train(_config(3), tmp_path / "split", dataset=DATASET, progress=False)
+    config = replace(_config(6), log_every=2, checkpoint_every=2)
+    resumed = train.train(config, tmp_path / "split", resume=True, dataset=DATASET, progress=False)
+    assert resumed.history == whole.history and resumed.config.checkpoint_every == 2
+
+
 def test_resume_refuses_a_different_config(run, tmp_path):
     _, out = run
     copy = tmp_path / "run"
