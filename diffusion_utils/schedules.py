@@ -133,12 +133,14 @@ class NoiseSchedule:
             raise ValueError(f"timesteps must lie in [0, {self.num_steps - 1}] for T={self.num_steps}")
         return t
 
-    def q_sample(self, x0: mx.array, t, noise: mx.array) -> mx.array:
+    def q_sample(self, x0: mx.array, t, noise: mx.array, validate: bool = True) -> mx.array:
         """Sample x_t ~ q(x_t | x_0) in closed form (eq. 4): sqrt(abar) x0 + sqrt(1 - abar) noise.
 
-        x0, noise: (B, H, W, C); t: int (B,). Returns (B, H, W, C).
+        x0, noise: (B, H, W, C); t: int (B,). Returns (B, H, W, C). validate=False skips the
+        range check of t, which reads t's values and so cannot run inside `mx.compile`.
         """
-        t = self._check_t(t)
+        if validate:
+            t = self._check_t(t)
         return (
             _extract(self.sqrt_alphas_cumprod, t, x0.ndim) * x0
             + _extract(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise

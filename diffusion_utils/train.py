@@ -193,10 +193,7 @@ def loss_fn(model: nn.Module, x0: mx.array, y: mx.array | None, t: mx.array, noi
     """
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
-    # eq. 4, written out: NoiseSchedule.q_sample also validates t eagerly, which mx.compile cannot trace
-    a = schedule.sqrt_alphas_cumprod[t].reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
-    b = schedule.sqrt_one_minus_alphas_cumprod[t].reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
-    x_t = a * x0 + b * noise  # (B, H, W, C)
+    x_t = schedule.q_sample(x0, t, noise, validate=False)  # (B, H, W, C); t is traced under mx.compile
     target = noise if prediction == "eps" else schedule.v_target(x0, t, noise)  # (B, H, W, C)
     per_sample = mx.mean(mx.square(model(x_t, t, y) - target), axis=(1, 2, 3))  # (B,)
     return mx.mean(loss_weights(schedule, t, prediction, weighting, gamma) * per_sample)
