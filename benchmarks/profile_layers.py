@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 
 import diffusion_utils  # noqa: F401  (fast BLAS before mlx.core)
-from diffusion_utils import bench, data, layers, train, unet
+from diffusion_utils import backend, bench, data, layers, parallel, train, unet
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -264,7 +264,8 @@ def main():
     parser.add_argument("--model", help="also break down one forward pass of this preset's UNet, and "
                         "time its train step and sampling forward with and without `layers`")
     args = parser.parse_args()
-    threads = bench.blas_threads(args.threads)
+    threads = backend.set_blas_threads(args.threads) if args.threads else backend.blas_threads()
+    parallel.set_workers(1)  # one stream: these tables time single ops
     try:
         import torch
 

@@ -135,6 +135,30 @@ def blas_in_use() -> str:
     return f"MLX's bundled BLAS{reason}"
 
 
+def blas_threads() -> int:
+    """Threads OpenBLAS uses per call (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS or the core count
+    when another BLAS is in use)."""
+    try:
+        return int(ctypes.CDLL(None).openblas_get_num_threads())
+    except (AttributeError, OSError):
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+            if os.environ.get(var, "").isdigit():
+                return int(os.environ[var])
+        return os.cpu_count() or 1
+
+
+def set_blas_threads(threads: int) -> int:
+    """Make OpenBLAS use `threads` threads per call from now on; returns the count in use.
+
+    Does nothing for another BLAS (it keeps its environment variables' setting).
+    """
+    try:
+        ctypes.CDLL(None).openblas_set_num_threads(int(threads))
+    except (AttributeError, OSError):
+        pass
+    return blas_threads()
+
+
 def sgemm_gflops(n: int = 512, repeats: int = 10) -> float:
     """Measured float32 matmul speed of MLX's default device, GFLOP/s (median of repeats)."""
     import mlx.core as mx

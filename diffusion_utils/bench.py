@@ -14,8 +14,11 @@ measures, in one process,
 - MFU, model FLOP utilisation: achieved FLOP/s (3x the forward FLOPs per trained image, 1x per
   sampled image) over the sgemm ceiling.
 
+`threads` cores go to each framework: PyTorch's intra-op threads, and MLX's streams
+(`parallel.py`: a slice of the batch per core, one OpenBLAS thread each).
+
 When PyTorch imports, the same harness times `benchmarks/torch_unet.py` (the same network,
-weights copied from the MLX one) on the same batches and threads, interleaved with MLX round
+weights copied from the MLX one) on the same batches and cores, interleaved with MLX round
 by round so that load from other processes hits both alike, and reports MLX/PyTorch ratios.
 Every figure is the median of `repeats` timed calls after `warmup` untimed ones.
 """
@@ -35,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from diffusion_utils import backend, data, train
+from diffusion_utils import backend, data, parallel, train
 from diffusion_utils.schedules import make_schedule
 from diffusion_utils.unet import UNet, count_flops, parameter_count
 
@@ -72,25 +75,6 @@ def time_interleaved(variants: dict[str, Callable[[], None]], repeats: int = 5, 
             times[name].append((time.perf_counter() - start, time.process_time() - cpu))
     return {name: {"wall": float(np.median([w for w, _ in ts])), "cpu": float(np.median([c for _, c in ts]))}
             for name, ts in times.items()}
-
-
-def blas_threads(threads: int | None = None) -> int:
-    """Set OpenBLAS's thread count when `threads` is given; return the count it uses.
-
-    Without OpenBLAS's `openblas_set_num_threads` (another BLAS, or MLX's own) the count is read
-    from OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, else one thread per core.
-    """
-    try:
-        process = ctypes.CDLL(None)
-        get, set_ = process.openblas_get_num_threads, process.openblas_set_num_threads
-    except (AttributeError, OSError):
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-            if os.environ.get(var, "").isdigit():
-                return int(os.environ[var])
-        return os.cpu_count() or 1
-    if threads is not None:
-        set_(threads)
-    return int(get())
 
 
 def blas_core() -> str | None:
@@ -136,6 +120,7 @@ class _MLXCase:
         self.x_t = mx.array(rng.standard_normal((sample_batch, size, size, channels)), dtype=mx.float32)
         self.t = mx.array(rng.integers(0, config.num_timesteps, sample_batch), dtype=mx.int32)
         self.y_sample = mx.full((sample_batch,), num_classes, dtype=mx.int32) if num_classes else None
+        self.forward = parallel.batch_parallel(self.model)
         mx.eval(self.model.parameters(), self.x0, self.x_t, self.t)
 
     def train_step(self) -> None:
@@ -143,7 +128,7 @@ class _MLXCase:
         mx.eval(self.state, loss, grad_norm)
 
     def sample_step(self) -> None:
-        mx.eval(self.model(self.x_t, self.t, self.y_sample))  # eager, as the samplers call it
+        mx.eval(self.forward(self.x_t, self.t, self.y_sample))  # eager, as the samplers call it
 
 
 class _TorchCase:
@@ -253,7 +238,7 @@ def _blas_off_train_img_s(preset: str, repeats: int, warmup: int, batch_size: in
         f"r = b.bench_preset({preset!r}, 1.0, None, {repeats}, {warmup}, batch_size={batch_size!r}, "
         "sample=False); print(json.dumps(r))"
     )
-    env = {**os.environ, backend.ENV_VAR: "off"}
+    env = {**os.environ, backend.ENV_VAR: "off", parallel.ENV_VAR: str(parallel.workers())}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the reference-BLAS run failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -278,7 +263,10 @@ def run_bench(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, repeats: i
         raise ValueError("bench needs --repeats >= 1, --warmup >= 0, --sample-batch >= 1 and --batch >= 1")
     if threads is not None and threads < 1:
         raise ValueError(f"bench needs --threads >= 1, got {threads}")
-    threads = blas_threads(threads)
+    threads = threads or parallel.cpu_cores()
+    backend.set_blas_threads(threads)
+    sgemm = backend.sgemm_gflops()  # the ceiling: one big sgemm on all `threads` cores
+    workers = parallel.set_workers(threads)  # MLX: a stream per core, one OpenBLAS thread each
     reference = load_torch_reference() if use_torch else "disabled (--no-torch)"
     torch_version = None
     if not isinstance(reference, str):
@@ -287,11 +275,11 @@ def run_bench(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, repeats: i
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         torch_version = torch.__version__
-    sgemm = backend.sgemm_gflops()
     report = {
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
         "mlx": mx.__version__, "device": str(mx.default_device()), "blas": backend.blas_in_use(),
-        "blas_core": blas_core(), "threads": threads, "torch": torch_version,
+        "blas_core": blas_core(), "threads": threads, "mlx_streams": workers,
+        "blas_threads": backend.blas_threads(), "torch": torch_version,
         "torch_skipped": reference if isinstance(reference, str) else None,
         "repeats": repeats, "warmup": warmup, "sgemm_gflops": round(sgemm, 1),
         "flops_counted": "unet.count_flops: 2 per multiply-add of convs, linears and attention "
@@ -329,7 +317,8 @@ def format_table(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(str(row.get(key, "-")) for key, _ in cols) + " |")
     core = f", {report['blas_core']} kernels" if report["blas_core"] else ""
     notes = [f"sgemm ceiling {report['sgemm_gflops']} GFLOP/s ({report['blas']}{core}), "
-             f"{report['threads']} threads, MLX {report['mlx']} on {report['device']}"]
+             f"{report['threads']} threads (MLX: {report['mlx_streams']} streams), "
+             f"MLX {report['mlx']} on {report['device']}"]
     if report["torch_skipped"]:
         notes.append(f"PyTorch comparison skipped: {report['torch_skipped']}")
     else:

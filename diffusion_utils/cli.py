@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--threads", type=int, metavar="N",
-        help="threads for OpenBLAS and PyTorch alike (default: OpenBLAS's own setting, one per core)",
+        help="cores for each framework: PyTorch's threads, MLX's streams (default: every core)",
     )  # fmt: skip
     bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     bench.add_argument(

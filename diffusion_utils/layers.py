@@ -17,8 +17,15 @@ measured to pay off.
 
 from __future__ import annotations
 
+from diffusion_utils import parallel
+
 import mlx.core as mx
 import mlx.nn as nn
+
+
+def _compiled(fn):
+    """`mx.compile(fn)`, traced once per stream (see `parallel.per_stream`)."""
+    return parallel.per_stream(lambda: mx.compile(fn))
 
 
 def _on_gpu() -> bool:
@@ -50,12 +57,12 @@ def _exp(x: mx.array) -> mx.array:
     return p * two_n
 
 
-@mx.compile
+@_compiled
 def _silu_forward(x: mx.array) -> mx.array:
     return x / (1.0 + _exp(-x))
 
 
-@mx.compile
+@_compiled
 def _silu_backward(x: mx.array, cotangent: mx.array) -> mx.array:
     s = 1.0 / (1.0 + _exp(-x))  # sigmoid(x)
     return cotangent * (s + x * s * (1.0 - s))  # d/dx [x s(x)] = s + x s (1 - s)
@@ -76,13 +83,13 @@ def silu(x: mx.array) -> mx.array:
     return nn.silu(x) if _on_gpu() else _silu_fast(x)
 
 
-@mx.compile
+@_compiled
 def _softmax_last(x: mx.array) -> mx.array:
     e = _exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
 
-@mx.compile
+@_compiled
 def _softmax_last_backward(p: mx.array, cotangent: mx.array) -> mx.array:
     return p * (cotangent - (cotangent * p).sum(axis=-1, keepdims=True))
 
@@ -109,7 +116,7 @@ def softmax(x: mx.array) -> mx.array:
 # forward+backward.
 
 
-@mx.compile
+@_compiled
 def _group_norm(x: mx.array, weight: mx.array, bias: mx.array, groups: int, eps: float) -> mx.array:
     batch, height, width, channels = x.shape
     size = channels // groups

@@ -35,6 +35,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
+from diffusion_utils import parallel
 from diffusion_utils.data import to_uint8
 from diffusion_utils.schedules import NoiseSchedule
 
@@ -330,6 +331,7 @@ def guided(model: Callable, guidance: float, null_label: int | None = None) -> C
     w = float(guidance)
     if not (math.isfinite(w) and w >= 0):
         raise ValueError(f"guidance scale must be a number >= 0 (1 = plain conditional), got {guidance!r}")
+    model = parallel.batch_parallel(model)  # on a multi-core CPU, a slice of the batch per core
 
     def fn(x: mx.array, t: mx.array, y: mx.array | None) -> mx.array:
         if y is None or w == 1.0:
