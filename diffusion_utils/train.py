@@ -291,14 +291,17 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, schedule: Nois
     # On a multi-core CPU: the loss and gradients of each slice of the batch on its own stream
     # (parallel.py), combined as the batch mean. (The model state is an output of each slice
     # only because `nn.value_and_grad` swaps the parameters while tracing; they come back as they went in.)
-    compiled_draw, compiled_apply = compile_with_state(draw), compile_with_state(apply)
+    def apply_mean(fractions, parts):  # the batch mean of the slices' losses and gradients
+        return apply(*parallel.weighted_sum(list(zip(fractions, parts, strict=True))))
+
+    compiled_draw, compiled_apply = compile_with_state(draw), compile_with_state(apply_mean)
     slice_loss_and_grads = parallel.per_stream(
         lambda: partial(mx.compile, inputs=model.state, outputs=model.state)(loss_and_grads))
 
     def parallel_step(x0, y):
         t, noise, y = compiled_draw(x0, y)
-        parts = parallel.map_chunks(slice_loss_and_grads, x0, y, t, noise)
-        return compiled_apply(*(parts[0][1] if len(parts) == 1 else parallel.weighted_sum(parts)))
+        fractions, parts = zip(*parallel.map_chunks(slice_loss_and_grads, x0, y, t, noise), strict=True)
+        return compiled_apply(fractions, list(parts))
 
     return parallel_step
 

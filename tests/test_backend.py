@@ -75,3 +75,16 @@ def test_unloadable_library_is_one_clear_warning():
     assert result.stderr.count("RuntimeWarning") == 1
     assert "/nonexistent/libfoo.so could not be loaded" in result.stderr
     assert "libopenblas0-pthread" in result.stderr
+
+
+def test_cpu_buffer_cache_is_raised_never_lowered():
+    from diffusion_utils import backend
+
+    import mlx.core as mx
+
+    if mx.default_device().type != mx.DeviceType.cpu:
+        pytest.skip("the buffer cache is only tuned on the CPU")
+    limit = mx.set_cache_limit(4 * backend.CPU_BUFFER_CACHE_BYTES)
+    assert limit >= backend.CPU_BUFFER_CACHE_BYTES  # importing diffusion_utils raised the 32 MB default
+    backend.keep_cpu_buffers()
+    assert mx.set_cache_limit(limit) == 4 * backend.CPU_BUFFER_CACHE_BYTES  # a larger limit is kept
