@@ -295,8 +295,9 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, schedule: Nois
         return apply(*parallel.weighted_sum(list(zip(fractions, parts, strict=True))))
 
     compiled_draw, compiled_apply = compile_with_state(draw), compile_with_state(apply_mean)
+    slice_state = [model.state, mx.random.state]  # the random state for dropout inside the model
     slice_loss_and_grads = parallel.per_stream(
-        lambda: partial(mx.compile, inputs=model.state, outputs=model.state)(loss_and_grads))
+        lambda: partial(mx.compile, inputs=slice_state, outputs=slice_state)(loss_and_grads))
 
     def parallel_step(x0, y):
         t, noise, y = compiled_draw(x0, y)
