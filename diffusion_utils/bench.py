@@ -266,7 +266,7 @@ def run_bench(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, repeats: i
     threads = threads or parallel.cpu_cores()
     backend.set_blas_threads(threads)
     sgemm = backend.sgemm_gflops()  # the ceiling: one big sgemm on all `threads` cores
-    workers = parallel.set_workers(threads)  # MLX: a stream per core, one OpenBLAS thread each
+    workers = parallel.set_workers(threads, cores=threads)  # MLX: a stream per core, one OpenBLAS thread each
     reference = load_torch_reference() if use_torch else "disabled (--no-torch)"
     torch_version = None
     if not isinstance(reference, str):

@@ -52,14 +52,16 @@ def _default_workers() -> int:
     return min(cpu_cores(), MAX_DEFAULT_WORKERS)
 
 
-def set_workers(count: int | None = None) -> int:
+def set_workers(count: int | None = None, cores: int | None = None) -> int:
     """Split batches across `count` CPU streams (None: `DIFFUSION_UTILS_WORKERS`, else one per
-    core, at most 8); returns the count. Also sets OpenBLAS's threads to cores // count."""
+    core, at most 8) on `cores` cores (None: all of them); returns the count. OpenBLAS then
+    runs cores // count threads per call."""
     count = _default_workers() if count is None else count
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {count!r}")
+    for name, value in (("workers", count), ("cores", cores)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     _state["workers"] = count
-    backend.set_blas_threads(max(1, cpu_cores() // count))
+    backend.set_blas_threads(max(1, (cores or cpu_cores()) // count))
     return count
 
 

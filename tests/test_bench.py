@@ -38,6 +38,8 @@ def test_bench_json_has_every_field():
     for key in ("machine", "mlx", "device", "blas", "flops_counted"):
         assert isinstance(report[key], str) and report[key]
     assert report["threads"] == 1 and report["repeats"] == 1 and report["headline_preset"] == "smoke"
+    assert report["mlx_streams"] == 1  # one core each: one MLX stream, one PyTorch thread
+    assert "openblas" not in report["blas"] or report["blas_threads"] == 1
     assert positive(report["sgemm_gflops"])
     row = report["presets"]["smoke"]
     for key in PRESET_FIELDS:

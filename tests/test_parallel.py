@@ -39,9 +39,13 @@ def test_set_workers_validates_and_gives_openblas_one_thread_per_stream(workers,
     assert workers(2) == 2 and parallel.workers() == 2
     if "openblas" in backend.blas_in_use():
         assert backend.blas_threads() == max(1, parallel.cpu_cores() // 2)
+        workers(1, cores=1)
+        assert backend.blas_threads() == 1
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="workers must be an integer >= 1"):
             parallel.set_workers(bad)
+        with pytest.raises(ValueError, match="cores must be an integer >= 1"):
+            parallel.set_workers(1, cores=bad)
     monkeypatch.setenv(parallel.ENV_VAR, "lots")
     with pytest.raises(ValueError, match=parallel.ENV_VAR):
         parallel.set_workers()
