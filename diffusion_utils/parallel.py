@@ -8,8 +8,9 @@ core a stream and a slice of the batch runs all of them at once. The slices are 
 is the whole batch's, up to float32 rounding where per-slice sums are added. OpenBLAS is then
 told to use one thread per call, since every core already runs a stream.
 
-Measured on a 2-core x86_64 machine (benchmarks/PROFILE.md): a sampling forward pass 1.7x and
-a training step 1.4x faster than one stream with two OpenBLAS threads. On a GPU the device
+Measured on a 2-core x86_64 machine (`benchmarks/streams.py`, PROFILE.md): a sampling forward
+pass 1.3-1.9x and a training step 1.15-1.5x faster than one stream with two OpenBLAS threads
+(more on the larger `full` preset). On a GPU the device
 already runs a whole batch at once, so `workers()` is 1 there and nothing here changes anything.
 
     parallel.workers()                  # streams a batch is split across (1 on a GPU)
