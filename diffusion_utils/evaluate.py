@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from diffusion_utils import checkpoint, data, samplers
+from diffusion_utils import checkpoint, data, parallel, samplers
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -117,6 +117,7 @@ def _check_images(images: np.ndarray, name: str = "images") -> np.ndarray:
 def _in_batches(fn, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Apply `fn` (float NHWC in [-1, 1] -> mx.array) to uint8 images in batches; numpy out."""
     images = _check_images(images)
+    fn = parallel.batch_parallel(fn)  # on a multi-core CPU, a slice of each batch per core
     outs = []
     for start in range(0, len(images), batch_size):
         out = fn(data.to_model_range(images[start : start + batch_size]))

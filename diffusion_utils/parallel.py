@@ -113,13 +113,14 @@ def map_chunks(fn: Callable, *arrays: mx.array | None) -> list[tuple[float, obje
 
 
 def batch_parallel(model: Callable) -> Callable:
-    """`model(x, t, y)` with the batch split across `workers()` streams; the same outputs.
+    """`model(*arrays)` with the batch (first axis) split across `workers()` streams; the same outputs.
 
-    For any model whose outputs for one image do not depend on the others (true of the UNet).
+    For any model whose output for one image does not depend on the others (true of the UNet
+    and of the style classifier); None arguments (e.g. no labels) are passed through.
     """
 
-    def call(x: mx.array, t: mx.array, y: mx.array | None = None) -> mx.array:
-        outputs = [out for _, out in map_chunks(model, x, t, y)]
+    def call(*arrays: mx.array | None) -> mx.array:
+        outputs = [out for _, out in map_chunks(model, *arrays)]
         return outputs[0] if len(outputs) == 1 else mx.concatenate(outputs)
 
     return call
