@@ -220,6 +220,12 @@ def update_ema(ema: dict, params: dict, decay: float) -> dict:
     return tree_map(lambda e, w: decay * e + (1.0 - decay) * w, ema, params)
 
 
+# The Trainer runs the update compiled, one fused kernel per array instead of three eager ops:
+# eagerly it cost 35 ms of a 188 ms `quick` step on a 2-core CPU, compiled ~2 ms. The decay is
+# passed as an mx.array, so the changing decay of the warm-up does not retrace it.
+_update_ema_compiled = mx.compile(update_ema)
+
+
 def ema_decay_at(step: int, decay: float) -> float:
     """The decay used at optimiser step `step` (>= 1): min(decay, (1 + step) / (10 + step)).
 
@@ -525,8 +531,8 @@ class Trainer:
                 x, y = next(self.batches)  # (B, H, W, 3) in [-1, 1], (B,) int32
                 loss, grad_norm = self.train_step(x, y if self.null_label is not None else None)
                 self.step += 1
-                self.ema = update_ema(self.ema, self.model.trainable_parameters(),
-                                      ema_decay_at(self.step, cfg.ema_decay))
+                decay = mx.array(ema_decay_at(self.step, cfg.ema_decay))
+                self.ema = _update_ema_compiled(self.ema, self.model.trainable_parameters(), decay)
                 mx.eval(self.state, self.ema, loss, grad_norm)
                 loss = loss.item()
                 if not math.isfinite(loss):

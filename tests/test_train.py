@@ -81,6 +81,11 @@ def test_update_ema_rule():
     assert float(out["layers"][0]["b"]) == pytest.approx(1.2)
     assert train.ema_decay_at(1, 0.999) == pytest.approx(2 / 11)  # warm-up: (1 + n) / (10 + n)
     assert train.ema_decay_at(10**6, 0.999) == 0.999
+    for decay in (0.9, 0.5):  # the Trainer's compiled update follows the decay it is given
+        fast = train._update_ema_compiled(ema, params, mx.array(decay))
+        slow = train.update_ema(ema, params, decay)
+        np.testing.assert_allclose(np.array(fast["w"]), np.array(slow["w"]), rtol=1e-6)
+        assert float(fast["layers"][0]["b"]) == pytest.approx(float(slow["layers"][0]["b"]), rel=1e-6)
 
 
 def test_label_dropout_rate_and_null_label():
