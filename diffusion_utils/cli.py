@@ -27,7 +27,7 @@ def _print_json(result: dict) -> None:
 
 
 def _cmd_doctor(args) -> int:
-    from diffusion_utils import backend
+    from diffusion_utils import backend, parallel
 
     import mlx.core as mx
 
@@ -37,7 +37,8 @@ def _cmd_doctor(args) -> int:
         "mlx": mx.__version__,
         "device": str(mx.default_device()),
         "blas": backend.blas_in_use(),
-        "sgemm_gflops": round(backend.sgemm_gflops(), 1),
+        "sgemm_gflops": round(backend.sgemm_gflops(), 1),  # before `workers()` sets OpenBLAS's threads
+        "streams": parallel.workers(),  # a slice of each batch per stream (1 on a GPU)
     }
     if args.json:
         _print_json(report)

@@ -31,8 +31,8 @@ def test_doctor_json_reports_platform_and_blas():
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(report) >= {"os", "python", "mlx", "device", "blas", "sgemm_gflops"}
-    assert report["sgemm_gflops"] > 0
+    assert set(report) >= {"os", "python", "mlx", "device", "blas", "sgemm_gflops", "streams"}
+    assert report["sgemm_gflops"] > 0 and report["streams"] >= 1
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the BLAS set-up only acts on Linux")
