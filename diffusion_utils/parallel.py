@@ -10,8 +10,8 @@ told to use one thread per call, since every core already runs a stream.
 
 Measured on a 2-core x86_64 machine (`benchmarks/streams.py`, PROFILE.md): a sampling forward
 pass 1.3-1.9x and a training step 1.15-1.5x faster than one stream with two OpenBLAS threads
-(more on the larger `full` preset). On a GPU the device
-already runs a whole batch at once, so `workers()` is 1 there and nothing here changes anything.
+(more on the larger `full` preset). On a GPU the device already runs a whole batch at once, so
+`workers()` is 1 there and nothing here changes anything.
 
     parallel.workers()                  # streams a batch is split across (1 on a GPU)
     parallel.set_workers(1)             # one stream, OpenBLAS on every core (as plain MLX)
