@@ -220,8 +220,8 @@ def bench_preset(name: str, sgemm_gflops: float, reference=None, repeats: int = 
         result[f"mlx_{phase}_cpu_s_per_img"] = round(timed["mlx"]["cpu"] / batch, 5)
         result[f"mlx_{phase}_peak_memory_mb"] = round(_peak_memory_mb(mlx_fn), 1)
         achieved = flop_factor * gflop * batch / seconds  # GFLOP/s
-        result[f"mlx_{phase}_gflops"] = round(achieved, 2)
-        result[f"mlx_{phase}_mfu"] = round(achieved / sgemm_gflops, 4)
+        result[f"mlx_{phase}_gflops"] = float(f"{achieved:.4g}")  # significant digits: a warm-up-free
+        result[f"mlx_{phase}_mfu"] = float(f"{achieved / sgemm_gflops:.4g}")  # tiny run is far below 1e-4
         if torch_case is not None:
             result[f"torch_{phase}_img_s"] = round(batch / timed["torch"]["wall"], 3)
             result[f"torch_{phase}_cpu_s_per_img"] = round(timed["torch"]["cpu"] / batch, 5)
