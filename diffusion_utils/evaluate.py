@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from functools import partial
 from pathlib import Path
 
 from diffusion_utils import checkpoint, data, parallel, samplers
+from diffusion_utils.files import atomic_write, atomic_write_text
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -194,19 +194,6 @@ def _cache_paths(cache_dir: Path, image_size: int) -> tuple[Path, Path]:
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is an ordinary readable file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_cached(
     weights_path: Path, config_path: Path, key: dict
 ) -> tuple[StyleClassifier, dict] | None:
@@ -293,8 +280,8 @@ def load_or_train_classifier(
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         weights = dict(tree_flatten(model.parameters()))
-        _atomic_write(weights_path, lambda tmp: mx.save_safetensors(tmp, weights))
-        _atomic_write(config_path, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+        atomic_write(weights_path, lambda tmp: mx.save_safetensors(tmp, weights))
+        atomic_write_text(config_path, json.dumps(info, indent=2))
     except OSError as err:
         warnings.warn(f"could not cache the style classifier in {cache_dir}: {err}", stacklevel=2)
     return model, info

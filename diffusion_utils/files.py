@@ -39,7 +39,8 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], object], mod
     error propagates, and an existing `path` is untouched. Returns `path`.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the temporary keeps the extension: numpy and MLX append theirs to a name that lacks it
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=path.suffix)
     os.close(fd)
     try:
         write_fn(tmp)
