@@ -18,7 +18,7 @@ from diffusion_utils.schedules import NoiseSchedule
 import mlx.core as mx
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def as_uint8(images) -> np.ndarray:
@@ -87,6 +87,36 @@ def show_images(images, titles=None, nrow: int | None = None, ax=None, scale: fl
     return fig
 
 
+def show_labelled_grid(images, nrow: int, row_labels: Sequence[str] = (), col_labels: Sequence[str] = (),
+                       title: str | None = None, ax=None, scale: float = 1.2, padding: int = 1) -> Figure:
+    """Show a batch as one grid, `nrow` images per row, with a label left of each row and above each column.
+
+    images: `(B, H, W, C)`; `row_labels` (one per grid row) and `col_labels` (one per column) may be
+    empty. Draws into `ax` if given (e.g. one panel of a larger figure); returns the Figure.
+    """
+    grid = image_grid(images, nrow, padding)  # (H', W', 3)
+    h, w = as_uint8(images).shape[1:3]
+    ncol = _columns(len(images), nrow)
+    nrows = math.ceil(len(images) / ncol)
+    for labels, count, what in ((row_labels, nrows, "rows"), (col_labels, ncol, "columns")):
+        if labels and len(labels) != count:
+            raise ValueError(f"got {len(labels)} labels for {count} grid {what}")
+    if ax is None:
+        ax = Figure(figsize=(scale * ncol + 1.2, scale * nrows + 0.5), layout="constrained").add_subplot()
+    ax.imshow(grid, interpolation="nearest")
+    row_centres = padding + np.arange(nrows) * (h + padding) + h / 2  # in grid pixels
+    col_centres = padding + np.arange(ncol) * (w + padding) + w / 2
+    ax.set_yticks(row_centres if row_labels else [], list(row_labels))
+    ax.set_xticks(col_centres if col_labels else [], list(col_labels))
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0, labelsize=8)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax.figure
+
+
 def save_grid(images, path, nrow: int | None = None, upscale: int = 4, padding: int = 1) -> Path:
     """Write `image_grid(images, nrow, padding)` as a PNG, enlarged `upscale` times (nearest pixels)."""
     grid = Image.fromarray(image_grid(images, nrow, padding))
@@ -97,20 +127,35 @@ def save_grid(images, path, nrow: int | None = None, upscale: int = 4, padding: 
     return path
 
 
-def save_gif(frames, path, duration_ms: int = 100, nrow: int | None = None, upscale: int = 4) -> Path:
+def save_gif(frames, path, duration_ms: int = 100, nrow: int | None = None, upscale: int = 4,
+             captions: Sequence[str] | None = None) -> Path:
     """Write an animated, looping GIF; each frame is one image `(H, W, C)` or a batch shown as a grid.
 
-    Frames must share a shape. Pillow merges identical consecutive frames into one longer frame.
+    Frames must share a shape. `captions`: one text per frame (lines split by "\\n"), written in a
+    white band above it. Pillow merges identical consecutive frames into one longer frame.
     """
     frames = [Image.fromarray(image_grid(frame, nrow)) for frame in frames]
     if not frames:
         raise ValueError("save_gif needs at least one frame")
+    if captions is not None and len(captions) != len(frames):
+        raise ValueError(f"got {len(captions)} captions for {len(frames)} frames")
     size = (frames[0].width * upscale, frames[0].height * upscale)
     frames = [frame.resize(size, Image.Resampling.NEAREST) for frame in frames]
+    if captions is not None:
+        frames = [_captioned(frame, caption) for frame, caption in zip(frames, captions, strict=True)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
     return path
+
+
+def _captioned(frame: Image.Image, caption: str) -> Image.Image:
+    """`frame` below a white band holding `caption` in black (Pillow's built-in font)."""
+    band = 4 + 12 * (caption.count("\n") + 1)  # the built-in font is ~11 px high
+    out = Image.new("RGB", (frame.width, frame.height + band), "white")
+    out.paste(frame, (0, band))
+    ImageDraw.Draw(out).multiline_text((4, 2), caption, fill="black", spacing=1)
+    return out
 
 
 def timestep_index(t_frac, num_steps: int):

@@ -76,6 +76,40 @@ def test_save_gif_has_one_frame_per_step(tmp_path):
         viz.save_gif([], tmp_path / "empty.gif")
 
 
+def test_save_gif_captions_sit_in_a_band_above_each_frame(tmp_path):
+    frames = [np.full((2, 8, 8, 3), 30 * k, np.uint8) for k in range(3)]
+    captions = [f"t = {k}\nsecond line" for k in range(3)]
+    path = viz.save_gif(frames, tmp_path / "anim.gif", upscale=2, captions=captions)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3
+        width, height = gif.size
+        assert width == (2 * 9 + 1) * 2 and height > (8 + 2) * 2  # the frame plus a caption band
+        gif.seek(2)
+        pixels = np.asarray(gif.convert("RGB"))
+    band = height - (8 + 2) * 2
+    assert (pixels[:band] < 128).any() and (pixels[:band] > 128).any()  # dark text on white
+    np.testing.assert_array_equal(pixels[band::2, ::2], viz.image_grid(frames[2]))  # the frame, unchanged
+    with pytest.raises(ValueError, match="2 captions for 3 frames"):
+        viz.save_gif(frames, tmp_path / "bad.gif", captions=["a", "b"])
+
+
+def test_labelled_grid_puts_a_label_at_each_row_and_column_centre():
+    images = _batch(b=6, h=4, w=6)
+    fig = viz.show_labelled_grid(images, nrow=3, row_labels=["x_t", "x0"], col_labels=["a", "b", "c"],
+                                 title="grid")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["x_t", "x0"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    np.testing.assert_allclose(ax.get_yticks(), [1 + 2, 1 + 5 + 2])  # padding + row * (h + padding) + h / 2
+    np.testing.assert_allclose(ax.get_xticks(), [1 + 3, 1 + 7 + 3, 1 + 14 + 3])
+    np.testing.assert_array_equal(ax.images[0].get_array(), viz.image_grid(images, nrow=3))
+    assert ax.get_title() == "grid"
+    unlabelled = viz.show_labelled_grid(images, nrow=3).axes[0]
+    assert len(unlabelled.get_xticks()) == 0 and len(unlabelled.get_yticks()) == 0
+    with pytest.raises(ValueError, match="got 3 labels for 2 grid rows"):
+        viz.show_labelled_grid(images, nrow=3, row_labels=["a", "b", "c"])
+
+
 def test_noising_strip_matches_closed_form():
     schedule = schedules.make_schedule("linear", 100)
     x0 = _batch(b=2, h=8, w=8)
