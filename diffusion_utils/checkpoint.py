@@ -14,6 +14,10 @@ and the directory are fsynced, then the old checkpoint is renamed to `<name>.pre
 one renamed into place, and `.prev` deleted. Whenever the process dies, either `<name>` or
 `<name>.prev` is a complete checkpoint, and `find_checkpoint` picks it up. `config.json` is
 written last and holds the checksums, so a half-written or damaged file is always detected.
+
+Reads are consistent while a run saves into the same folder: `load_model` reads config.json
+again after loading, and when a save swapped the checkpoint meanwhile (a checksum or a file
+seemingly wrong), it loads again. Every tensor loaded is checked to be finite.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
+from diffusion_utils.files import fsync_path
 from diffusion_utils.schedules import NoiseSchedule
 from diffusion_utils.unet import UNet, UNetConfig
 
@@ -37,15 +43,7 @@ CONFIG_FILE = "config.json"
 MODEL_FILE, EMA_FILE, OPTIMIZER_FILE = "model.safetensors", "ema.safetensors", "optimizer.safetensors"
 CHECKPOINT_DIR = "checkpoint"  # inside a run folder
 PREVIOUS_SUFFIX = ".prev"
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or directory to disk (directories: so the renames inside them persist)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+LOAD_ATTEMPTS = 50  # a load that raced a save is repeated; each save ends a race within milliseconds
 
 
 def _sha256(path: Path) -> str:
@@ -70,21 +68,20 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, dict[str, mx.arra
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by an earlier crash
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    _remove_stale_temporaries(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         files = {}
         for name, tensors in arrays.items():
             mx.save_safetensors(str(tmp / name), tensors)
-            _fsync(tmp / name)
+            fsync_path(tmp / name)
             files[name] = _sha256(tmp / name)
         config = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "files": files}
         with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as fh:
             json.dump(config, fh, indent=1)
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync(tmp)
+        fsync_path(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -94,10 +91,28 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, dict[str, mx.arra
             shutil.rmtree(previous)
         os.rename(target, previous)
     os.rename(tmp, target)
-    _fsync(target.parent)
+    fsync_path(target.parent)
     if previous.exists():
         shutil.rmtree(previous)
     return target
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Delete the temporary folders that crashed saves left beside `target` (those of live processes stay)."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = stale.name[len(f".{target.name}.tmp-"):].split("-")[0]
+        if not (pid.isdigit() and _process_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -144,7 +159,19 @@ def read_config(path: str | os.PathLike) -> tuple[Path, dict]:
     for key in ("train_config", "schedule", "class_names", "step", "files"):
         if key not in config:
             raise ValueError(f"{file}: missing the {key!r} entry")
+    _check_entries(file, config)
     return directory, config
+
+
+def _check_entries(file: Path, config: dict) -> None:
+    """One-line ValueError unless step, files and class_names have the types and ranges a loader needs."""
+    step, files, names = config["step"], config["files"], config["class_names"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{file}: 'step' must be an integer >= 0, got {step!r}; the checkpoint is corrupt")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ValueError(f"{file}: 'files' must map file names to SHA-256 checksums, got {files!r}")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{file}: 'class_names' must be a list of names, got {names!r}")
 
 
 def load_arrays(directory: Path, config: dict, name: str) -> dict[str, mx.array]:
@@ -157,9 +184,19 @@ def load_arrays(directory: Path, config: dict, name: str) -> dict[str, mx.array]
     if _sha256(file) != config["files"][name]:
         raise ValueError(f"{file}: checksum mismatch (the file is truncated or corrupt)")
     try:
-        return mx.load(str(file))
+        arrays = mx.load(str(file))
     except (RuntimeError, ValueError) as err:
         raise ValueError(f"{file}: unreadable safetensors ({err})") from None
+    check_finite(file, arrays)
+    return arrays
+
+
+def check_finite(file: Path, arrays: dict[str, mx.array]) -> None:
+    """Raise a one-line ValueError naming the first tensor holding a NaN or an infinity."""
+    for key, value in arrays.items():
+        if mx.issubdtype(value.dtype, mx.inexact) and not mx.all(mx.isfinite(value)).item():
+            raise ValueError(f"{file}: tensor {key} holds NaN or infinite values; the weights are unusable "
+                             "(resume from an earlier checkpoint or retrain)")
 
 
 def check_arrays(file: Path, arrays: dict[str, mx.array], expected: dict[str, mx.array]) -> None:
@@ -209,6 +246,36 @@ def model_info(train_config: dict, class_names, step: int) -> dict:
     }
 
 
+def read_consistently(path: str | os.PathLike, load):
+    """`load(directory, config)` on the checkpoint at `path`, repeated when a save swapped it meanwhile.
+
+    A run may save into `path` while we read: a file then seems missing or mismatched, or
+    config.json changes under us. A failure, or a success, after which the checkpoint reads
+    differently is retried (up to LOAD_ATTEMPTS times); a failure that repeats is raised.
+    """
+    for attempt in range(LOAD_ATTEMPTS):
+        seen = None
+        try:
+            seen = read_config(path)
+            result = load(*seen)
+        except (ValueError, FileNotFoundError) as err:
+            if attempt == LOAD_ATTEMPTS - 1 or _state_of(path) in (seen, str(err)):
+                raise
+        else:
+            if _state_of(path) == seen:
+                return result
+        time.sleep(0.005 * (attempt + 1))
+    raise ValueError(f"{path}: the checkpoint kept changing while it was read; try again")
+
+
+def _state_of(path) -> tuple[Path, dict] | str:
+    """`read_config(path)`, or the message it fails with."""
+    try:
+        return read_config(path)
+    except (ValueError, FileNotFoundError) as err:
+        return str(err)
+
+
 def load_model(path: str | os.PathLike, ema: bool = True) -> tuple[UNet, NoiseSchedule, dict]:
     """Rebuild a trained denoiser for sampling or evaluation: (model, schedule, info).
 
@@ -217,9 +284,9 @@ def load_model(path: str | os.PathLike, ema: bool = True) -> tuple[UNet, NoiseSc
     info: `model_info`'s keys, plus path (the checkpoint directory) and ema.
     Corrupt, truncated, missing or mismatched files raise ValueError / FileNotFoundError (one line).
     """
-    directory, config = read_config(path)
-    model = build_model(directory, config)
-    load_weights(model, directory, config, EMA_FILE if ema else MODEL_FILE)
+    name = EMA_FILE if ema else MODEL_FILE
+    directory, config, model = read_consistently(
+        path, lambda d, c: (d, c, load_weights(build_model(d, c), d, c, name)))
     model.eval()
     try:
         schedule = NoiseSchedule.from_config(config["schedule"])
