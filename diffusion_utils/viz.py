@@ -3,7 +3,8 @@
 Images come in channels-last batches `(B, H, W, C)` (C = 1 or 3), either uint8 or float in
 [-1, 1] (the model range), as numpy or MLX arrays. Plot functions take an optional `ax`
 and return the matplotlib Figure; they never touch pyplot's global state, so they work the
-same in a notebook, a test (Agg backend) or a script. Files are written with Pillow.
+same in a notebook, a test (Agg backend) or a script. Files are written with Pillow, atomically
+(`files.atomic_write`), in the format their extension names.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from diffusion_utils.data import to_model_range, to_uint8
+from diffusion_utils.files import atomic_write
 from diffusion_utils.schedules import NoiseSchedule
 
 import mlx.core as mx
@@ -117,23 +119,34 @@ def show_labelled_grid(images, nrow: int, row_labels: Sequence[str] = (), col_la
     return ax.figure
 
 
+GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}  # extension -> Pillow format written
+
+
 def save_grid(images, path, nrow: int | None = None, upscale: int = 4, padding: int = 1) -> Path:
-    """Write `image_grid(images, nrow, padding)` as a PNG, enlarged `upscale` times (nearest pixels)."""
+    """Write `image_grid(images, nrow, padding)`, enlarged `upscale` times (nearest pixels), atomically.
+
+    The format is the one the extension names (`GRID_FORMATS`: PNG, or JPEG at quality 95);
+    any other extension raises ValueError. The folder is created if missing.
+    """
+    path = Path(path)
+    format = _format_of(path, GRID_FORMATS)
     grid = Image.fromarray(image_grid(images, nrow, padding))
     grid = grid.resize((grid.width * upscale, grid.height * upscale), Image.Resampling.NEAREST)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path, format="PNG")
-    return path
+    options = {"quality": 95} if format == "JPEG" else {}
+    return atomic_write(path, lambda tmp: grid.save(tmp, format=format, **options))
 
 
 def save_gif(frames, path, duration_ms: int = 100, nrow: int | None = None, upscale: int = 4,
              captions: Sequence[str] | None = None) -> Path:
-    """Write an animated, looping GIF; each frame is one image `(H, W, C)` or a batch shown as a grid.
+    """Write an animated, looping GIF atomically; each frame is one image `(H, W, C)` or a batch shown
+    as a grid.
 
     Frames must share a shape. `captions`: one text per frame (lines split by "\\n"), written in a
     white band above it. Pillow merges identical consecutive frames into one longer frame.
     """
+    path = Path(path)
+    _format_of(path, {".gif": "GIF"})
     frames = [Image.fromarray(image_grid(frame, nrow)) for frame in frames]
     if not frames:
         raise ValueError("save_gif needs at least one frame")
@@ -143,10 +156,9 @@ def save_gif(frames, path, duration_ms: int = 100, nrow: int | None = None, upsc
     frames = [frame.resize(size, Image.Resampling.NEAREST) for frame in frames]
     if captions is not None:
         frames = [_captioned(frame, caption) for frame, caption in zip(frames, captions, strict=True)]
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
-    return path
+    return atomic_write(path, lambda tmp: frames[0].save(
+        tmp, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0))
 
 
 def _captioned(frame: Image.Image, caption: str) -> Image.Image:
@@ -156,6 +168,13 @@ def _captioned(frame: Image.Image, caption: str) -> Image.Image:
     out.paste(frame, (0, band))
     ImageDraw.Draw(out).multiline_text((4, 2), caption, fill="black", spacing=1)
     return out
+
+
+def _format_of(path: Path, formats: dict[str, str]) -> str:
+    """The Pillow format that `path`'s extension names, or a one-line ValueError."""
+    if path.suffix.lower() not in formats:
+        raise ValueError(f"{path}: the file name must end in {' or '.join(formats)} (the format written)")
+    return formats[path.suffix.lower()]
 
 
 def timestep_index(t_frac, num_steps: int):
