@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from diffusion_utils.cpu import use_fast_cpu_layers
 from diffusion_utils.files import fsync_path
 from diffusion_utils.schedules import NoiseSchedule
 from diffusion_utils.unet import UNet, UNetConfig
@@ -82,8 +83,10 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, dict[str, mx.arra
             fh.flush()
             os.fsync(fh.fileno())
         fsync_path(tmp)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, RuntimeError):  # how MLX reports a failed write ("[write] Unable to write")
+            raise OSError(f"could not write the checkpoint {target}: {err}") from None
         raise
     previous = target.with_name(target.name + PREVIOUS_SUFFIX)
     if target.exists():
@@ -121,7 +124,7 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     Falls back to `<name>.prev` when a crash interrupted the swap of a new checkpoint.
     Raises FileNotFoundError (one line) when there is none.
     """
-    p = Path(path).expanduser()
+    p = Path(os.path.abspath(Path(path).expanduser()))  # "." and "" have no name to add ".prev" to
     for directory in (p, p / CHECKPOINT_DIR):
         for candidate in (directory, directory.with_name(directory.name + PREVIOUS_SUFFIX)):
             if (candidate / CONFIG_FILE).is_file():
@@ -223,7 +226,7 @@ def load_weights(model: UNet, directory: Path, config: dict, name: str) -> UNet:
 def build_model(directory: Path, config: dict) -> UNet:
     """A freshly initialised UNet with the architecture stored in config.json."""
     try:
-        return UNet(UNetConfig.from_dict(config["train_config"]["unet"]))
+        return use_fast_cpu_layers(UNet(UNetConfig.from_dict(config["train_config"]["unet"])))
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{directory / CONFIG_FILE}: bad UNet config ({err})") from None
 

@@ -47,8 +47,10 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], object], mod
         os.chmod(tmp, mode)  # mkstemp makes it private; outputs are ordinary readable files
         fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, RuntimeError):  # how MLX reports a failed write ("[write] Unable to write")
+            raise OSError(f"could not write {path}: {err}") from None
         raise
     fsync_path(path.parent)
     return path
