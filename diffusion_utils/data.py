@@ -403,13 +403,28 @@ def _image_files(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
+def _loops_back(folder: Path, root: Path) -> bool:
+    """True (with a warning) for a symlinked subfolder that points at `root` or above it: a loop."""
+    target = folder.resolve()
+    if folder.is_symlink() and (target == root.resolve() or target in root.resolve().parents):
+        warnings.warn(f"{folder}: ignoring a link back to {target} (a loop, not a class)", stacklevel=3)
+        return True
+    return False
+
+
+def _class_name(name: str) -> str:
+    """A folder name as a printable class name: bytes that are not UTF-8 become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def load_image_folder(path: str | os.PathLike, size: int = 32) -> Dataset:
     """Load a folder of images as a labelled `Dataset` of (size, size) RGB images.
 
     Each subfolder is a class (its name the class name; images may sit deeper inside);
     a folder with images but no subfolders is one class named after the folder. Files
-    Pillow cannot read are skipped with one warning naming them; hidden files and files
-    without an image extension are ignored.
+    Pillow cannot read (including images over Pillow's decompression-bomb limit) are skipped
+    with one warning naming them; hidden files, files without an image extension and links back
+    up the tree are ignored. Folder names that are not UTF-8 are shown with U+FFFD.
     """
     root = Path(path).expanduser()
     if not root.exists():
@@ -417,11 +432,12 @@ def load_image_folder(path: str | os.PathLike, size: int = 32) -> Dataset:
     if not root.is_dir():
         raise ValueError(f"not a folder: {root} (give a folder of images, subfolders = classes)")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    groups = [(d.name, _image_files(d)) for d in subdirs]
+    subdirs = [d for d in subdirs if not _loops_back(d, root)]
+    groups = [(_class_name(d.name), _image_files(d)) for d in subdirs]
     groups = [(name, files) for name, files in groups if files]
     loose = [p for p in _image_files(root) if p.parent == root]
     if not groups:
-        groups = [(root.resolve().name or "images", loose)] if loose else []
+        groups = [(_class_name(root.resolve().name) or "images", loose)] if loose else []
     elif loose:
         warnings.warn(f"{root}: ignoring {len(loose)} image(s) outside the class subfolders "
                       f"(e.g. {loose[0].name}); move them into a subfolder", stacklevel=2)
@@ -434,7 +450,7 @@ def load_image_folder(path: str | os.PathLike, size: int = 32) -> Dataset:
             try:
                 images.append(read_image(f, size))
                 labels.append(label)
-            except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises on bad files
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # unreadable
                 bad.append(f"{f} ({type(e).__name__})")
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image file(s): {'; '.join(bad)}",

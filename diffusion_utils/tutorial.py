@@ -18,9 +18,19 @@ OUT_ENV = "TUTORIAL_OUT"
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 
+_ON, _OFF = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
+
+
 def fast_mode(default: bool = False) -> bool:
-    """True when the notebook's own FAST knob is set or the environment asks for fast mode."""
-    return bool(default) or os.environ.get(FAST_ENV, "").strip().lower() in {"1", "true", "yes"}
+    """True when the notebook's own FAST knob is set or the environment asks for fast mode.
+
+    TUTORIAL_FAST accepts 1/true/yes/on and 0/false/no/off (any case); anything else is a
+    ValueError, so a typo never silently runs the long version.
+    """
+    value = os.environ.get(FAST_ENV, "").strip().lower()
+    if value not in _ON | _OFF:
+        raise ValueError(f"{FAST_ENV}={os.environ[FAST_ENV]!r} is not understood; use 1 (fast) or 0 (full)")
+    return bool(default) or value in _ON
 
 
 def output_dir(name: str) -> Path:
@@ -70,6 +80,7 @@ def run_notebook(path: Path, out_dir: Path, fast: bool, timeout: int = 1800) -> 
 
 def run_notebooks(out_dir: Path, fast: bool = False, only: list[str] | None = None) -> list[tuple]:
     """Run the series in order; returns (notebook, executed copy, seconds) per notebook."""
+    fast = fast_mode(fast)  # an unknown TUTORIAL_FAST fails here, before any kernel starts
     results = []
     for notebook in find_notebooks(only=only):
         start = time.perf_counter()
