@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -27,7 +30,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
-from diffusion_utils import checkpoint, data, parallel
+from diffusion_utils import checkpoint, data, distributed, files, parallel
+from diffusion_utils.cpu import use_fast_cpu_layers
 from diffusion_utils.schedules import SCHEDULE_KINDS, NoiseSchedule, make_schedule
 from diffusion_utils.unet import UNet, UNetConfig, parameter_count
 
@@ -65,6 +69,7 @@ class TrainConfig:
     steps: int = 1000  # total optimiser steps
     log_every: int = 50  # loss line in train.log
     checkpoint_every: int = 500  # 0: only at the end
+    checkpoint_minutes: float = 10.0  # also a checkpoint once this much time passed since the last; 0: off
     preview_every: int = 0  # sample grid PNG every N steps; 0: only at the end; -1: never
     seed: int = 0
 
@@ -97,6 +102,8 @@ class TrainConfig:
         check(is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate", "a number > 0")
         check(is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
         check(is_number(self.grad_clip) and self.grad_clip > 0, "grad_clip", "a number > 0")
+        check(is_number(self.checkpoint_minutes) and self.checkpoint_minutes >= 0, "checkpoint_minutes",
+              "a number >= 0")
         check(is_number(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", "a number in [0, 1)")
         check(is_number(self.label_dropout) and 0 <= self.label_dropout < 1, "label_dropout",
               "a number in [0, 1)")
@@ -250,7 +257,7 @@ def make_optimizer(config: TrainConfig) -> optim.AdamW:
 def make_train_step(model: nn.Module, optimizer: optim.Optimizer, schedule: NoiseSchedule,
                     prediction: str = "eps", weighting: str = "none", grad_clip: float = 1.0,
                     label_dropout: float = 0.0, null_label: int | None = None,
-                    compiled: bool = True) -> Callable:
+                    compiled: bool = True, world: distributed.World | None = None) -> Callable:
     """`step(x0, y) -> (loss, grad_norm)`: one optimiser step on a batch, updating model and optimizer.
 
     x0: (B, H, W, C) float32 in [-1, 1]; y: (B,) int32 labels, or None for an unconditional model.
@@ -262,7 +269,11 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, schedule: Nois
     On a multi-core CPU (`parallel.workers() > 1`) the compiled step computes the loss and
     gradients of each slice of the batch on its own stream, all cores at once, and averages
     them: the same step up to float32 rounding (tested).
+    With a `world` of several ranks (`distributed.py`), x0 and y are the whole global batch: t, noise
+    and dropout are drawn for all of it, this rank computes its shard, and the gradients are averaged
+    over the ranks before the update, so the step does not depend on the number of ranks.
     """
+    world = world or distributed.World()
     loss_and_grad = nn.value_and_grad(model, loss_fn)
     T = schedule.num_steps
     if not optimizer.state:
@@ -278,14 +289,15 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, schedule: Nois
     def loss_and_grads(x0, y, t, noise):
         return loss_and_grad(model, x0, y, t, noise, schedule, prediction, weighting)
 
-    def apply(loss, grads):  # clip the global gradient norm, AdamW update
+    def apply(loss, grads, batch):  # mean over the ranks' shards, clip the global gradient norm, AdamW update
+        loss, grads = world.mean_over_ranks(loss, grads, batch)
         grads, grad_norm = optim.clip_grad_norm(grads, grad_clip)
         optimizer.update(model, grads)
         return loss, grad_norm
 
     def step(x0, y):
         t, noise, y = draw(x0, y)
-        return apply(*loss_and_grads(x0, y, t, noise))
+        return apply(*loss_and_grads(*world.take_shard(x0, y, t, noise)), x0.shape[0])
 
     if not compiled:
         return step
@@ -297,8 +309,8 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, schedule: Nois
     # On a multi-core CPU: the loss and gradients of each slice of the batch on its own stream
     # (parallel.py), combined as the batch mean. (The model state is an output of each slice
     # only because `nn.value_and_grad` swaps the parameters while tracing; they come back as they went in.)
-    def apply_mean(fractions, parts):  # the batch mean of the slices' losses and gradients
-        return apply(*parallel.weighted_sum(list(zip(fractions, parts, strict=True))))
+    def apply_mean(fractions, parts, batch):  # the shard's mean of the slices' losses and gradients
+        return apply(*parallel.weighted_sum(list(zip(fractions, parts, strict=True))), batch)
 
     compiled_draw, compiled_apply = compile_with_state(draw), compile_with_state(apply_mean)
     slice_state = [model.state, mx.random.state]  # the random state for dropout inside the model
@@ -307,14 +319,44 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, schedule: Nois
 
     def parallel_step(x0, y):
         t, noise, y = compiled_draw(x0, y)
-        fractions, parts = zip(*parallel.map_chunks(slice_loss_and_grads, x0, y, t, noise), strict=True)
-        return compiled_apply(fractions, list(parts))
+        shard = world.take_shard(x0, y, t, noise)
+        fractions, parts = zip(*parallel.map_chunks(slice_loss_and_grads, *shard), strict=True)
+        return compiled_apply(fractions, list(parts), x0.shape[0])
 
     return parallel_step
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training stopped because the loss became NaN or infinite (the checkpoint on disk is untouched)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training after a step, once its checkpoint was saved."""
+
+    def __init__(self, signum: int, step: int, path: Path):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint in {path}")
+        self.signum, self.step, self.path = signum, step, path
+
+
+class _StopSignals:
+    """While training: SIGINT and SIGTERM ask the loop to checkpoint and stop after the current step;
+    a second signal interrupts at once. Installed only on the main thread (Python's rule for handlers)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def random_key() -> list[int]:
@@ -378,7 +420,7 @@ class Trainer:
         self.null_label = self.config.unet.num_classes or None  # the "no class" label for guidance
 
         mx.random.seed(self.config.seed)
-        self.model = UNet(self.config.unet)
+        self.model = use_fast_cpu_layers(UNet(self.config.unet))  # a no-op on a GPU
         self.schedule = make_schedule(self.config.schedule, self.config.num_timesteps)
         self.optimizer = make_optimizer(self.config)
         self.optimizer.init(self.model.trainable_parameters())
@@ -386,12 +428,15 @@ class Trainer:
                                           self.config.batch_size, seed=self.config.seed)
         self.step, self.history, self.saved_step = 0, [], None
         self.ema = self.model.trainable_parameters()  # MLX arrays are immutable: no copy needed
+        self.world, self.trained_world_size = distributed.world(), None  # None: a new run
+        self.world.shard_sizes(self.config.batch_size)  # at least one image per rank
         if _state is not None:
             self._restore(*_state)
         self.state = [self.model.state, self.optimizer.state, mx.random.state]
         self.train_step = make_train_step(
             self.model, self.optimizer, self.schedule, self.config.prediction, self.config.loss_weighting,
-            self.config.grad_clip, self.config.label_dropout, self.null_label, compiled=compiled)
+            self.config.grad_clip, self.config.label_dropout, self.null_label, compiled=compiled,
+            world=self.world)
 
     @classmethod
     def resume(cls, out_dir: str | Path, dataset: data.Dataset | None = None,
@@ -432,10 +477,14 @@ class Trainer:
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{directory / checkpoint.CONFIG_FILE}: bad training state ({err})") from None
         self.saved_step = self.step
+        self.trained_world_size = stored.get("world_size", 1)
+        _match_cpu_streams(stored.get("cpu_streams"))
 
     # ------------------------------------------------------------------ checkpoints, log, previews
     def save(self) -> Path:
-        """Write the current state as the run's checkpoint (atomically)."""
+        """Write the current state as the run's checkpoint (atomically; with several ranks rank 0
+        writes it, after checking that every rank holds the same state)."""
+        self._check_ranks_agree()
         meta = {
             "step": self.step,
             "seed": self.config.seed,
@@ -446,20 +495,31 @@ class Trainer:
             "data_iterator": self.batches.state_dict(),
             "rng_state": random_key(),
             "loss_history": [[s, v] for s, v in self.history],
+            "cpu_streams": parallel.workers(),  # resume is bit-exact only with the same count
+            "world_size": self.world.size,  # contract (DESIGN.md); batch_size is the global batch
+            "batch_per_rank": self.world.shard_sizes(self.config.batch_size),
         }
         arrays = {
             checkpoint.MODEL_FILE: checkpoint.flat_arrays(self.model.parameters()),
             checkpoint.EMA_FILE: checkpoint.flat_arrays(self.ema),
             checkpoint.OPTIMIZER_FILE: checkpoint.flat_arrays(self.optimizer.state),
         }
-        path = checkpoint.save_checkpoint(self.checkpoint_path, arrays, meta)
-        self.saved_step = self.step
+        path = checkpoint.save_checkpoint(self.checkpoint_path, arrays, meta) if self.world.is_main \
+            else self.checkpoint_path
+        self.saved_step, self._saved_at = self.step, time.monotonic()
         return path
+
+    def _check_ranks_agree(self) -> None:
+        """With several ranks: RanksDivergedError unless all hold the same weights, EMA, optimizer
+        state, random key and step (a run folder that differs between machines, a bug)."""
+        state = {"model": self.model.parameters(), "ema": self.ema, "optimizer": self.optimizer.state,
+                 "random": mx.random.state[0], "step": mx.array(self.step)}
+        self.world.check_in_sync(state, "the weights, EMA, optimizer state and step")
 
     def ema_model(self) -> UNet:
         """A copy of the network holding the EMA weights, in eval mode (for sampling)."""
         with _random_state_kept():
-            model = UNet(self.config.unet)
+            model = use_fast_cpu_layers(UNet(self.config.unet))
         model.update(self.ema)
         model.eval()
         return model
@@ -482,13 +542,17 @@ class Trainer:
                                           n=per_class * classes if classes else 16, seed=seed)
         return images
 
-    def _save_preview(self) -> Path:
+    def _save_preview(self) -> Path | None:
         from diffusion_utils import viz
 
+        if not self.world.is_main:  # the other ranks wait for it in the next step
+            return None
         path = self.out_dir / "previews" / f"step_{self.step:06d}.png"
         return viz.save_grid(self.preview(), path, nrow=4)  # one class per row
 
     def _log(self, line: str) -> None:
+        if not self.world.is_main:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "train.log", "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
@@ -502,6 +566,12 @@ class Trainer:
         self._log(f"# model: {parameter_count(self.model) / 1e6:.2f}M parameters, "
                   f"{flops / 1e9:.3f} GFLOP/image forward; device {mx.default_device()}")
         self._log("# config: " + json.dumps(self.config.to_dict(), sort_keys=True))
+        self._log(f"# world: {self.world.describe(self.config.batch_size)}")
+        note = distributed.resume_note(self.trained_world_size, self.world.size)
+        if note:
+            self._log(f"# {note}")
+            if self.world.is_main:
+                print(f"note: {note}", file=sys.stderr)
 
     # ------------------------------------------------------------------ the loop
     def run(self, steps: int | None = None, progress: bool = True,
@@ -511,7 +581,9 @@ class Trainer:
         Saves a checkpoint every `checkpoint_every` steps and at the end, a preview grid every
         `preview_every` steps and at the end (unless -1), and calls `callback(trainer)` after
         every step (e.g. to redraw a live loss plot). Raises NonFiniteLossError, without saving,
-        if the loss becomes NaN or infinite.
+        if the loss becomes NaN or infinite. Holds the run folder's `files.RunLock` (a second run
+        there fails at once); SIGINT/SIGTERM save a checkpoint after the current step and raise
+        TrainingInterrupted. Also saves once `checkpoint_minutes` passed since the last checkpoint.
         """
         total = self.config.steps if steps is None else steps
         if isinstance(total, bool) or not isinstance(total, int) or total < 1:
@@ -519,12 +591,24 @@ class Trainer:
         if total < self.step:
             raise ValueError(f"the run is already at step {self.step}, past the requested {total} steps")
         self.config.steps = total
+        lock = files.RunLock(self.out_dir).acquire() if self.world.is_main else None
+        stop = _StopSignals()
+        try:
+            return self._loop(total, stop, progress, callback)
+        finally:
+            stop.restore()
+            if lock is not None:
+                lock.release()
+
+    def _loop(self, total: int, stop: _StopSignals, progress: bool, callback) -> list[tuple[int, float]]:
         cfg = self.config
+        self._saved_at = time.monotonic()
         self._log_header(total)
+        self._check_ranks_agree()
         run_start, run_first_step = time.perf_counter(), self.step
         step_seconds = []  # wall time of each step since the last log line (checkpoints, previews excluded)
         bar = tqdm(total=total, initial=self.step, desc=f"train {cfg.preset}", unit="step",
-                   disable=not progress, dynamic_ncols=True)
+                   disable=not progress or not self.world.is_main, dynamic_ncols=True)
         try:
             while self.step < total:
                 start = time.perf_counter()
@@ -533,7 +617,8 @@ class Trainer:
                 self.step += 1
                 decay = mx.array(ema_decay_at(self.step, cfg.ema_decay))
                 self.ema = _update_ema_compiled(self.ema, self.model.trainable_parameters(), decay)
-                mx.eval(self.state, self.ema, loss, grad_norm)
+                with self.world.collective(f"step {self.step}", self._saved_note()):
+                    mx.eval(self.state, self.ema, loss, grad_norm)
                 loss = loss.item()
                 if not math.isfinite(loss):
                     self._stop_non_finite(loss)
@@ -550,13 +635,18 @@ class Trainer:
                               f"lr {self.optimizer.learning_rate.item():.2e}  "
                               f"elapsed {_clock(time.perf_counter() - run_start)}")
                     step_seconds.clear()
-                if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == total:
+                if self._checkpoint_due(total, stop):
                     self._log(f"checkpoint at step {self.step} -> {self.save()}")
+                if stop.received is not None:
+                    self._log(f"stopped by {signal.Signals(stop.received).name} at step {self.step}")
+                    raise TrainingInterrupted(stop.received, self.step, self.checkpoint_path)
                 if cfg.preview_every != -1 and (
                         self.step == total or (cfg.preview_every and self.step % cfg.preview_every == 0)):
                     self._log(f"preview -> {self._save_preview()}")
                 if callback is not None:
                     callback(self)
+        except TrainingInterrupted:
+            raise
         except KeyboardInterrupt:
             self._log(f"interrupted at step {self.step}; last checkpoint: step {self.saved_step}")
             raise
@@ -568,9 +658,21 @@ class Trainer:
         self._log(f"done: {done} steps in {_clock(seconds)} ({rate:.1f} img/s with checkpoints and previews)")
         return self.history
 
+    def _checkpoint_due(self, total: int, stop: _StopSignals) -> bool:
+        """After a step: at the end, every `checkpoint_every` steps, `checkpoint_minutes` after the
+        last checkpoint, or when a stop signal arrived."""
+        cfg = self.config
+        minutes = (time.monotonic() - self._saved_at) / 60
+        return (self.step == total or stop.received is not None
+                or bool(cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+                or bool(cfg.checkpoint_minutes and minutes >= cfg.checkpoint_minutes))
+
+    def _saved_note(self) -> str:
+        return (f"the last good checkpoint ({self.checkpoint_path}, step {self.saved_step}) is intact"
+                if self.saved_step is not None else "no checkpoint had been written yet")
+
     def _stop_non_finite(self, loss: float) -> None:
-        saved = (f"the last good checkpoint ({self.checkpoint_path}, step {self.saved_step}) is intact"
-                 if self.saved_step is not None else "no checkpoint had been written yet")
+        saved = self._saved_note()
         message = (f"loss became {loss} at step {self.step}: the learning rate "
                    f"({self.config.learning_rate:g}) is likely too high (lower it or lengthen the warm-up); "
                    f"{saved}")
@@ -578,7 +680,21 @@ class Trainer:
         raise NonFiniteLossError(message)
 
 
-_CADENCE = ("log_every", "checkpoint_every", "preview_every")  # how often to report, not what is learned
+_CADENCE = ("log_every", "checkpoint_every", "checkpoint_minutes", "preview_every")  # not what is learned
+
+
+def _match_cpu_streams(stored: int | None) -> None:
+    """Split batches across as many CPU streams as the stored run did, so its resume stays bit-exact
+    (the per-stream sums round differently); a note on stderr when that changes the count."""
+    if stored is None or stored == parallel.workers():
+        return
+    if mx.default_device().type == mx.DeviceType.gpu:
+        print(f"note: the run was trained on {stored} CPU streams, this resume runs on the GPU: it continues "
+              "correctly but not bit for bit as the uninterrupted run would have", file=sys.stderr)
+        return
+    print(f"note: using {stored} CPU streams as the stored run did (this machine's default is "
+          f"{parallel.workers()}), so the resume is bit-exact", file=sys.stderr)
+    parallel.set_workers(stored)
 
 
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, dataset: data.Dataset | None = None,
