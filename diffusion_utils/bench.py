@@ -261,8 +261,9 @@ def run_bench(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, repeats: i
         train.get_preset(name)  # one-line ValueError for an unknown name
     if repeats < 1 or warmup < 0 or sample_batch < 1 or (batch_size is not None and batch_size < 1):
         raise ValueError("bench needs --repeats >= 1, --warmup >= 0, --sample-batch >= 1 and --batch >= 1")
-    if threads is not None and threads < 1:
-        raise ValueError(f"bench needs --threads >= 1, got {threads}")
+    if threads is not None and not 1 <= threads <= parallel.cpu_cores():
+        raise ValueError(f"bench needs --threads between 1 and this machine's {parallel.cpu_cores()} cores, "
+                         f"got {threads}")
     threads = threads or parallel.cpu_cores()
     backend.set_blas_threads(threads)
     sgemm = backend.sgemm_gflops()  # the ceiling: one big sgemm on all `threads` cores
