@@ -3,7 +3,8 @@
 One sub-command per job (contract in DESIGN.md): doctor, notebooks, train, sample, evaluate,
 bench. Each `_cmd_*` function is thin: it parses nothing itself and calls the library, so the
 notebooks and the command line share one code path. Bad input (ValueError, FileNotFoundError)
-is printed as a one-line `error: ...` with exit status 2, never as a traceback.
+is printed as a one-line `error: ...` with exit status 2, a failing disk (OSError: read-only, full)
+with status 1, never as a traceback. Numbers are range-checked by `_check_range` before any work.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 
@@ -20,6 +22,16 @@ from diffusion_utils import samplers
 from diffusion_utils.data import DATA_DIR
 
 SHIPPED_MODEL = DATA_DIR / "pretrained" / "styles32"  # default of sample/evaluate, notebook 04, README
+MAX_SAMPLES = 10_000  # per sample/evaluate call: ~30 MB of 32x32 images; more is several calls (seeds)
+MAX_SEED = 2**64 - 1  # MLX's random seed is an unsigned 64-bit integer
+
+
+def _check_range(option: str, value, low, high=None):
+    """`value` of a command-line option, or a one-line ValueError when it lies outside [low, high]."""
+    if value is not None and (value < low or (high is not None and value > high)):
+        allowed = f"between {low:,} and {high:,}" if high is not None else f">= {low:,}"
+        raise ValueError(f"{option} must be {allowed}, got {value:,}")
+    return value
 
 
 def _print_json(result: dict) -> None:
@@ -27,10 +39,11 @@ def _print_json(result: dict) -> None:
 
 
 def _cmd_doctor(args) -> int:
-    from diffusion_utils import backend, parallel
+    from diffusion_utils import backend, distributed, parallel
 
     import mlx.core as mx
 
+    world = distributed.world()
     report = {
         "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
         "python": platform.python_version(),
@@ -39,6 +52,8 @@ def _cmd_doctor(args) -> int:
         "blas": backend.blas_in_use(),
         "sgemm_gflops": round(backend.sgemm_gflops(), 1),  # before `workers()` sets OpenBLAS's threads
         "streams": parallel.workers(),  # a slice of each batch per stream (1 on a GPU)
+        "rank": world.rank,  # this process among those started by mlx.launch (0 without it)
+        "world_size": world.size,
     }
     if args.json:
         _print_json(report)
@@ -68,20 +83,39 @@ def _checkpoint_path(path: str | None) -> str:
     return str(SHIPPED_MODEL)
 
 
-def _check_eta(args) -> float:
+def _check_sampling(args) -> float:
+    """Range-check the options sample and evaluate share; returns eta (0 unless --eta is given)."""
+    _check_range("--seed", args.seed, 0, MAX_SEED)
+    _check_range("--n", args.n, 1, MAX_SAMPLES)
+    _check_range("--steps", args.steps, 1)
+    _check_range("--guidance", args.guidance, 0)
     if args.eta is None:
         return 0.0
     if args.sampler != "ddim":
         raise ValueError(f"--eta applies only to --sampler ddim; {args.sampler} has no eta")
-    return args.eta
+    return _check_range("--eta", args.eta, 0, 1)
+
+
+def _output_paths(args):
+    """The checked --out and --save-npz paths of `sample`, validated before any sampling work."""
+    from diffusion_utils import files, viz
+
+    out = files.check_output_path(args.out, viz.GRID_FORMATS, "--out")
+    if args.save_npz is None:
+        return out, None
+    npz = files.check_output_path(args.save_npz, (".npz",), "--save-npz")
+    if npz.resolve() == out.resolve():
+        raise ValueError("--out and --save-npz name the same file; give two names")
+    return out, npz
 
 
 def _cmd_sample(args) -> int:
-    from diffusion_utils import checkpoint, viz
+    from diffusion_utils import checkpoint, files, viz
 
     import numpy as np
 
-    eta = _check_eta(args)
+    eta = _check_sampling(args)
+    out, npz = _output_paths(args)
     model, schedule, info = checkpoint.load_model(_checkpoint_path(args.checkpoint))
     class_names = info["class_names"] if info["num_classes"] else ()
     settings = samplers.sampling_settings(info, args.sampler, args.steps, args.guidance)
@@ -94,15 +128,15 @@ def _cmd_sample(args) -> int:
     )  # fmt: skip
     seconds = time.perf_counter() - start
     rows = one_row_per_style and n % len(class_names) == 0
-    viz.save_grid(images, args.out, nrow=n // len(class_names) if rows else None)
+    viz.save_grid(images, out, nrow=n // len(class_names) if rows else None)
     what = args.style or ("every style" if class_names else "unconditional")
     print(f"{n} images ({what}) with {args.sampler}, {settings['steps']} steps, guidance "
           f"{settings['guidance']:g}, seed {args.seed} in {seconds:.1f} s -> {args.out}")
     if rows:
         print("rows, top to bottom: " + ", ".join(class_names))
-    if args.save_npz:
-        np.savez_compressed(args.save_npz, images=images, labels=labels)
-        print(f"images {images.dtype}{list(images.shape)} and labels -> {args.save_npz}")
+    if npz is not None:
+        files.atomic_write(npz, lambda tmp: np.savez_compressed(tmp, images=images, labels=labels))
+        print(f"images {images.dtype}{list(images.shape)} and labels -> {npz}")
     return 0
 
 
@@ -111,7 +145,7 @@ def _cmd_evaluate(args) -> int:
 
     report = evaluate.evaluate_checkpoint(
         _checkpoint_path(args.checkpoint), n=args.n, sampler_name=args.sampler, steps=args.steps,
-        eta=_check_eta(args), guidance=args.guidance, seed=args.seed, cache_dir=args.classifier_dir,
+        eta=_check_sampling(args), guidance=args.guidance, seed=args.seed, cache_dir=args.classifier_dir,
         progress=True,
     )  # fmt: skip
     print(evaluate.format_report(report))
@@ -121,17 +155,28 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from diffusion_utils import train
+    from diffusion_utils import distributed, train
 
-    given = {"dataset": args.dataset, "seed": args.seed, "steps": args.steps}
+    if not args.out.strip():
+        raise ValueError("--out is empty; give the run folder")
+    given = {"dataset": args.dataset, "seed": _check_range("--seed", args.seed, 0, MAX_SEED),
+             "steps": _check_range("--steps", args.steps, 1),
+             "batch_size": _check_range("--batch-size", args.batch_size, 1),
+             "checkpoint_every": _check_range("--checkpoint-every", args.checkpoint_every, 0),
+             "checkpoint_minutes": _check_range("--checkpoint-minutes", args.checkpoint_minutes, 0)}
     config = train.get_preset(args.preset, **{k: v for k, v in given.items() if v is not None})
     try:
         trainer = train.train(config, args.out, resume=args.resume)
-    except train.NonFiniteLossError as err:
+    except (train.NonFiniteLossError, distributed.PeerLostError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"step {trainer.step}: checkpoint in {trainer.checkpoint_path}, log in "
-          f"{trainer.out_dir / 'train.log'}")
+    except train.TrainingInterrupted as stop:
+        again = args.argv + ([] if args.resume else ["--resume"])
+        print(f"{stop}\nresume with: python -m diffusion_utils {shlex.join(again)}", file=sys.stderr)
+        return 128 + stop.signum
+    if trainer.world.is_main:
+        print(f"step {trainer.step}: checkpoint in {trainer.checkpoint_path}, log in "
+              f"{trainer.out_dir / 'train.log'}")
     return 0
 
 
@@ -191,6 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="total optimiser steps of the run (default: the preset's); --resume trains until step N",
     )
     train.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
+    train.add_argument(
+        "--batch-size", type=int, metavar="B",
+        help="global batch (default: the preset's); under mlx.launch each rank computes B / ranks of it",
+    )  # fmt: skip
+    train.add_argument(
+        "--checkpoint-every", type=int, metavar="N",
+        help="save a checkpoint every N steps (default: the preset's; 0: only by time and at the end)",
+    )  # fmt: skip
+    train.add_argument(
+        "--checkpoint-minutes", type=float, metavar="M",
+        help="also save once M minutes passed since the last checkpoint (default 10; 0: off). "
+        "Ctrl-C or SIGTERM saves one too, then exits 130/143 with the command that resumes",
+    )  # fmt: skip
     train.set_defaults(func=_cmd_train)
 
     sampling = argparse.ArgumentParser(add_help=False)  # the options sample and evaluate share
@@ -226,12 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sample.add_argument("--style", metavar="NAME", help="one style (default: every style, a row each)")
     sample.add_argument(
-        "--n", type=int, metavar="N", help="number of images (default 16 of one style, else 4 per style)"
-    )
-    sample.add_argument("--out", required=True, metavar="PNG", help="where to write the grid")
+        "--n", type=int, metavar="N",
+        help=f"number of images, at most {MAX_SAMPLES:,} (default 16 of one style, else 4 per style)",
+    )  # fmt: skip
     sample.add_argument(
-        "--save-npz", metavar="NPZ", help="also save images (uint8 N x H x W x 3) and labels (-1: none)"
+        "--out", required=True, metavar="PNG", help="where to write the grid (.png, or .jpg/.jpeg for JPEG)"
     )
+    sample.add_argument(
+        "--save-npz", metavar="NPZ",
+        help="also save images (uint8 N x H x W x 3) and labels (-1: none) to this .npz file",
+    )  # fmt: skip
     sample.set_defaults(func=_cmd_sample)
 
     evaluate = sub.add_parser(
@@ -280,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to print the command that resumes a run
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:
@@ -291,3 +354,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as err:  # the disk: read-only, full, gone
+        print(f"error: {err}", file=sys.stderr)
+        return 1

@@ -482,9 +482,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints, log, previews
     def save(self) -> Path:
-        """Write the current state as the run's checkpoint (atomically; with several ranks rank 0
-        writes it, after checking that every rank holds the same state)."""
-        self._check_ranks_agree()
+        """Write the current state as the run's checkpoint (atomically; with several ranks only rank 0
+        writes, and no rank waits for the others: each may decide alone, e.g. on a stop signal)."""
         meta = {
             "step": self.step,
             "seed": self.config.seed,
@@ -652,6 +651,7 @@ class Trainer:
             raise
         finally:
             bar.close()
+        self._check_ranks_agree()  # every rank ends with the same weights and EMA (raises if not)
         seconds = time.perf_counter() - run_start
         done = self.step - run_first_step
         rate = done * cfg.batch_size / max(seconds, 1e-9)
