@@ -56,11 +56,12 @@ def _conda_candidates() -> list[str]:
 
 
 def _try_load(name: str) -> str | None:
+    """Load `name` globally; its name, or None when it cannot be loaded or is no BLAS (no cblas_sgemm)."""
     try:
-        ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+        library = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
     except OSError:
         return None
-    return name
+    return name if hasattr(library, "cblas_sgemm") else None
 
 
 def setup_blas() -> str | None:
@@ -85,8 +86,9 @@ def setup_blas() -> str | None:
     if choice:
         loaded = _try_load(choice)
         if loaded is None:
-            _state["reason"] = f"{ENV_VAR}={choice} could not be loaded"
-            _warn_once(f"diffusion_utils: {ENV_VAR}={choice} could not be loaded; {_FIX_HINT}.")
+            _state["reason"] = f"{ENV_VAR}={choice} could not be loaded as a BLAS"
+            _warn_once(f"diffusion_utils: {ENV_VAR}={choice} could not be loaded or has no cblas_sgemm, "
+                       f"so MLX keeps its slow reference BLAS; {_FIX_HINT}.")
         _state["loaded"] = loaded
         return loaded
     found = ctypes.util.find_library("openblas")
