@@ -31,6 +31,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -199,6 +200,18 @@ class World:
 _state: dict = {"world": None}
 
 
+def _launched() -> bool:
+    """True when a launcher started this process as one of several (`mlx.launch -n 1` writes an
+    empty ring hostfile, which `mx.distributed.init` cannot parse: that is a single process)."""
+    hostfile = os.environ.get("MLX_HOSTFILE")
+    if hostfile:
+        try:
+            return bool(Path(hostfile).read_text(encoding="utf-8").strip())
+        except OSError:
+            return True  # let mx.distributed.init report it
+    return any(os.environ.get(k) for k in ("OMPI_COMM_WORLD_SIZE", "MLX_WORLD_SIZE", "MLX_JACCL_COORDINATOR"))
+
+
 def world() -> World:
     """The world this process belongs to, set up once: `mlx.launch` makes it several ranks.
 
@@ -206,9 +219,7 @@ def world() -> World:
     nothing here talks to the network. Joining the others is guarded by the watchdog.
     """
     if _state["world"] is None:
-        launched = any(os.environ.get(k) for k in ("MLX_HOSTFILE", "OMPI_COMM_WORLD_SIZE", "MLX_WORLD_SIZE",
-                                                     "MLX_JACCL_COORDINATOR"))
-        if not launched:
+        if not _launched():
             _state["world"] = World()
         else:
             rank = os.environ.get("MLX_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "?"
