@@ -13,6 +13,10 @@ pass 1.3-1.9x and a training step 1.15-1.5x faster than one stream with two Open
 (more on the larger `full` preset). On a GPU the device already runs a whole batch at once, so
 `workers()` is 1 there and nothing here changes anything.
 
+An MLX stream belongs to the thread that made it, and JupyterLab 4.6 runs widget callbacks on
+another thread than the cells; so the streams and the per-stream compiled functions here are
+kept per thread (`threading.local`): any thread may call a parallel model.
+
     parallel.workers()                  # streams a batch is split across (1 on a GPU)
     parallel.set_workers(1)             # one stream, OpenBLAS on every core (as plain MLX)
     model = parallel.batch_parallel(model)
@@ -22,6 +26,7 @@ pass 1.3-1.9x and a training step 1.15-1.5x faster than one stream with two Open
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 
 from diffusion_utils import backend
@@ -33,7 +38,8 @@ ENV_VAR = "DIFFUSION_UTILS_WORKERS"
 MAX_DEFAULT_WORKERS = 8  # measured on 2 cores only; more streams than this are untested
 MIN_CHUNK = 4  # images per stream: smaller slices make the matrix products too thin to pay
 
-_state: dict = {"workers": None, "streams": {}}
+_state: dict = {"workers": None}
+_per_thread = threading.local()  # .streams: {(device, count): [stream, ...]} made by this thread
 
 
 def cpu_cores() -> int:
@@ -86,12 +92,16 @@ def chunks(batch: int, count: int | None = None) -> list[slice]:
 
 
 def streams(count: int) -> list:
-    """`count` streams of the default device, created once and reused (MLX never frees one)."""
+    """`count` streams of the default device, made once per thread and reused (MLX never frees one).
+
+    Per thread because a stream can only be used by the thread that made it.
+    """
     device = mx.default_device()
+    made = _per_thread.__dict__.setdefault("streams", {})
     key = (str(device), count)
-    if key not in _state["streams"]:
-        _state["streams"][key] = [mx.new_stream(device) for _ in range(count)]
-    return _state["streams"][key]
+    if key not in made:
+        made[key] = [mx.new_stream(device) for _ in range(count)]
+    return made[key]
 
 
 def map_chunks(fn: Callable, *arrays: mx.array | None) -> list[tuple[float, object]]:
@@ -127,14 +137,16 @@ def batch_parallel(model: Callable) -> Callable:
 
 
 def per_stream(make: Callable[[], Callable]) -> Callable:
-    """A function built by `make()` (e.g. an `mx.compile`d one) once per stream it is called on.
+    """A function built by `make()` (e.g. an `mx.compile`d one) once per stream and thread it is called on.
 
     A compiled graph keeps the stream it was traced on, so one trace shared by all streams
-    would run every stream's work on the first one's thread.
+    would run every stream's work on the first one's thread (or fail on a thread that does
+    not own that stream).
     """
-    built: dict[str, Callable] = {}
+    per_thread = threading.local()  # .built: {stream: function} for this thread's streams
 
     def call(*args, **kwargs):
+        built = per_thread.__dict__.setdefault("built", {})
         key = repr(mx.default_stream(mx.default_device()))
         if key not in built:
             built[key] = make()

@@ -1,14 +1,21 @@
 """Interactive explorers for the notebooks (ipywidgets).
 
-Each explorer wires a plain update function to sliders with `ipywidgets.interactive`; the
-function takes the slider values and returns a matplotlib Figure, so tests and scripts can
-call it directly. The explorers hold no maths of their own: schedules come from
+Each explorer wires a plain update function to controls with `figure_explorer`: the function
+takes the control values and returns a matplotlib Figure, so tests and scripts can call it
+directly. The explorer shows that figure as a PNG in an `ipywidgets.Image` when it is built and
+after every change. Setting a widget's value works from any thread, which matters because
+JupyterLab 4.6 (ipykernel 7) runs widget callbacks on a thread other than the cells'
+(`ipywidgets.interactive` prints its figure into an output area that a callback on another
+thread never reaches). The explorers hold no maths of their own: schedules come from
 `diffusion_utils.schedules`, pictures from `diffusion_utils.viz`.
 """
 
 from __future__ import annotations
 
+import io
+import threading
 import time
+from collections.abc import Callable
 
 from diffusion_utils import data, samplers, schedules, viz
 
@@ -24,6 +31,45 @@ def _message_figure(title: str, message: str) -> Figure:
     fig.text(0.5, 0.6, title, ha="center", fontsize=13, color="tab:red")
     fig.text(0.5, 0.3, message, ha="center", fontsize=10, wrap=True)
     return fig
+
+
+def figure_png(fig: Figure, dpi: int = 80) -> bytes:
+    """The figure rendered to PNG bytes (Agg, no pyplot)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def figure_explorer(update: Callable[..., Figure], controls: dict, **fixed):
+    """A widget: the `controls` (name -> ipywidgets control) above the figure `update(**values, **fixed)`.
+
+    The figure is drawn when the widget is built and again after any control changes, from
+    whichever thread reports the change. `.result` holds the last Figure, `.image` the
+    `ipywidgets.Image` showing it, `.refresh()` redraws. An exception in `update` shows as a
+    message figure in place of the plot (and is kept in `.error`), never silently.
+    """
+    import ipywidgets as w
+
+    image = w.Image(format="png", layout=w.Layout(max_width="100%"))
+    explorer = w.VBox([*controls.values(), image])
+    explorer.image, explorer.error = image, None
+    lock = threading.Lock()  # one redraw at a time, whichever threads the changes come from
+
+    def refresh(change=None):
+        with lock:
+            try:
+                explorer.result = update(**{n: c.value for n, c in controls.items()}, **fixed)
+                explorer.error = None
+            except Exception as err:  # shown to the learner in place of the figure
+                explorer.error = err
+                explorer.result = _message_figure("The update failed", f"{type(err).__name__}: {err}")
+            image.value = figure_png(explorer.result)
+
+    for control in controls.values():
+        control.observe(refresh, names="value")
+    explorer.refresh = refresh
+    refresh()
+    return explorer
 
 
 def update_schedule_view(
@@ -84,7 +130,8 @@ def update_schedule_view(
 
 
 def schedule_explorer(images=None, seed: int = 0):
-    """Sliders for a noise schedule that redraw `update_schedule_view`; returns the widget.
+    """Sliders for a noise schedule that redraw `update_schedule_view`; returns the widget
+    (`figure_explorer`: `.result` is the Figure shown).
 
     `images`: the batch to noise, default one style image and one real painting
     (`default_explorer_images`).
@@ -124,7 +171,7 @@ def schedule_explorer(images=None, seed: int = 0):
 
     controls["kind"].observe(grey_out_other_kinds, names="value")
     grey_out_other_kinds()
-    return w.interactive(update_schedule_view, images=w.fixed(images), seed=w.fixed(seed), **controls)
+    return figure_explorer(update_schedule_view, controls, images=images, seed=seed)
 
 
 def default_explorer_images(size: int = 32, painting: str = "Wheat Field with Cypresses") -> np.ndarray:
@@ -214,7 +261,4 @@ def sampler_explorer(model, schedule: schedules.NoiseSchedule, info: dict, n: in
 
     controls["sampler"].observe(grey_out_eta, names="value")
     grey_out_eta()
-    return w.interactive(
-        update_sampler_view, model=w.fixed(model), schedule=w.fixed(schedule), info=w.fixed(info),
-        n=w.fixed(n), **controls,
-    )  # fmt: skip
+    return figure_explorer(update_sampler_view, controls, model=model, schedule=schedule, info=info, n=n)

@@ -112,3 +112,33 @@ def test_per_stream_builds_once_per_stream(workers):
     with mx.stream(parallel.streams(2)[1]):
         fn(mx.array(3))
     assert len(built) == 2
+
+
+def test_a_second_thread_gets_its_own_streams(workers):
+    """JupyterLab runs widget callbacks on another thread; a stream only works on the thread that made it."""
+    import threading
+
+    workers(2)
+    mx.random.seed(0)
+    model = parallel.batch_parallel(UNet(CONFIG))
+    x = mx.random.normal((8, 8, 8, 3), key=mx.random.key(1))
+    t, y = mx.array(np.arange(8) * 97, dtype=mx.int32), mx.array(np.arange(8) % 3, dtype=mx.int32)
+    mx.eval(x, t, y)
+    here = np.array(model(x, t, y))  # the main thread's streams first
+    there = {}
+
+    def other_thread():
+        try:
+            there["streams"] = [repr(s) for s in parallel.streams(2)]
+            there["out"] = np.array(model(x, t, y))
+        except RuntimeError as err:  # "There is no Stream(cpu, 2) in current thread" before the fix
+            there["error"] = err
+        finally:
+            mx.clear_streams()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert "error" not in there, there.get("error")
+    assert set(there["streams"]).isdisjoint(repr(s) for s in parallel.streams(2))
+    np.testing.assert_allclose(there["out"], here, rtol=1e-5, atol=1e-6)

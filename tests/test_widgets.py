@@ -1,10 +1,15 @@
-"""widgets: the schedule explorer's update callback (numbers, pictures, bad input) and the widget."""
+"""widgets: the explorers' update callbacks (numbers, pictures, bad input) and the widgets that show them,
+from the main thread and from another one (JupyterLab runs widget callbacks on another thread)."""
 
+import io
 import re
+import threading
 
-from diffusion_utils import schedules, widgets
+from diffusion_utils import parallel, schedules, widgets
+from diffusion_utils.unet import UNet, UNetConfig
 
 import matplotlib
+import mlx.core as mx
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
@@ -107,3 +112,94 @@ def test_default_images_are_a_style_image_and_a_painting():
     np.testing.assert_array_equal(images[1], paintings[index])
     with pytest.raises(ValueError, match="no painting title"):
         widgets.default_explorer_images(painting="no such painting")
+
+
+def _png_pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def test_explorer_shows_its_figure_and_a_new_one_after_a_change():
+    explorer = widgets.schedule_explorer(IMAGES)
+    controls = {child.description: child for child in explorer.children[:-1]}
+    assert explorer.children[-1] is explorer.image  # the picture sits under the controls
+    first = _png_pixels(explorer.image.value)
+    assert first.shape[0] > 100 and first.std() > 10  # a real picture, not a blank
+    np.testing.assert_array_equal(first, _png_pixels(widgets.figure_png(explorer.result)))
+    controls["t / T"].value = 0.9  # as a learner's slider move arrives
+    assert _title_numbers(explorer.result)["t"] == 900
+    second = _png_pixels(explorer.image.value)
+    assert first.shape != second.shape or np.abs(first.astype(int) - second).max() > 0
+
+
+def test_an_update_that_raises_shows_the_error_in_place_of_the_figure():
+    import ipywidgets as w
+
+    def update(n, offset):
+        if n == 3:
+            raise RuntimeError("three is not allowed")
+        return widgets.update_schedule_view("cosine", 10 * n + offset)
+
+    slider = w.IntSlider(value=2, min=1, max=5)
+    explorer = widgets.figure_explorer(update, {"n": slider}, offset=5)
+    assert explorer.error is None and _title_numbers(explorer.result)["T"] == 25
+    slider.value = 3
+    texts = " ".join(text.get_text() for text in explorer.result.texts)
+    assert "RuntimeError: three is not allowed" in texts and isinstance(explorer.error, RuntimeError)
+    assert _png_pixels(explorer.image.value).std() > 0
+    slider.value = 4  # and it recovers on the next change
+    assert explorer.error is None and _title_numbers(explorer.result)["T"] == 45
+
+
+def _in_a_new_thread(fn):
+    """fn() on a fresh thread (as JupyterLab runs widget callbacks); its result or its exception."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = fn()
+        except Exception as err:  # handed back to the test
+            outcome["error"] = err
+        finally:
+            mx.clear_streams()  # this thread's MLX streams go with it
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=300)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@pytest.fixture()
+def tiny_model():
+    mx.random.seed(0)
+    config = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(4,), groups=4, num_heads=2, num_classes=2)
+    model = UNet(config)
+    mx.eval(model.parameters())
+    info = {"class_names": ["a", "b"], "num_classes": 2, "null_label": 2, "prediction": "v", "image_size": 8}
+    parallel.set_workers(2)  # the batch split across streams, which belong to their thread
+    yield parallel.batch_parallel(model), schedules.make_schedule("cosine", 50), info
+    parallel.set_workers()
+
+
+def test_sampler_view_runs_from_another_thread_after_the_main_one(tiny_model):
+    model, schedule, info = tiny_model
+    settings = {"sampler": "ddim", "steps": 3, "guidance": 2.0, "seed": 1, "n": 8}
+    here = widgets.update_sampler_view(model, schedule, info, **settings)
+    there = _in_a_new_thread(lambda: widgets.update_sampler_view(model, schedule, info, **settings))
+    assert there.axes, [t.get_text() for t in there.texts]  # samples, not a message
+    grids = [fig.axes[0].images[0].get_array() for fig in (here, there)]
+    np.testing.assert_allclose(grids[1], grids[0], atol=1)
+
+
+def test_sampler_explorer_redraws_when_the_change_arrives_on_another_thread(tiny_model):
+    model, schedule, info = tiny_model
+    explorer = widgets.sampler_explorer(model, schedule, info, n=4, steps=2)
+    steps = next(child for child in explorer.children if child.description == "steps")
+    first = explorer.image.value
+    _in_a_new_thread(lambda: setattr(steps, "value", 4))
+    assert explorer.error is None, explorer.error
+    assert "4 steps" in explorer.result._suptitle.get_text() and explorer.image.value != first
