@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
@@ -499,13 +500,15 @@ def _restore(out_dir: Path, config: AutoencoderConfig, seed: int, fingerprint: s
 
 def train_autoencoder(config: AutoencoderConfig, images: np.ndarray, steps: int, out_dir, seed: int = 0,
                       resume: bool = False, checkpoint_every: int = 0, progress: bool = True,
-                      compiled: bool = True) -> tuple[Autoencoder, list[list[float]]]:
+                      compiled: bool = True, max_seconds: float | None = None,
+                      ) -> tuple[Autoencoder, list[list[float]]]:
     """Train an autoencoder on uint8 `images` (N, S, S, 3) until `steps` steps in total.
 
     Saves `out_dir/checkpoint/` (weights, AdamW moments, config with the scale factor, batch
     position, random key, history) every `checkpoint_every` steps (0: only at the end) and at
     the end. resume=True continues the run in `out_dir` exactly (same config, seed and images
-    required): the resumed run takes the same steps as an uninterrupted one.
+    required): the resumed run takes the same steps as an uninterrupted one. `max_seconds` stops
+    (and saves) earlier once that much wall time has passed: a run for a time budget.
     Returns (model in eval mode, history: [step, loss, rec, kl] per step).
     """
     out_dir = Path(out_dir)
@@ -531,6 +534,7 @@ def train_autoencoder(config: AutoencoderConfig, images: np.ndarray, steps: int,
     state = [model.state, optimizer.state, mx.random.state]
     bar = tqdm(total=steps, initial=step, desc=f"autoencoder {parameter_count(model) / 1e6:.2f}M",
                unit="step", disable=not progress, dynamic_ncols=True)
+    deadline = math.inf if max_seconds is None else time.perf_counter() + max_seconds
     with bar:
         while step < steps:
             x, _ = next(batches)  # (B, S, S, 3) in [-1, 1], randomly flipped
@@ -543,7 +547,10 @@ def train_autoencoder(config: AutoencoderConfig, images: np.ndarray, steps: int,
                                          "lower the learning rate")
             bar.update()
             bar.set_postfix(rec=f"{history[-1][2]:.4f}", kl=f"{history[-1][3]:.0f}")
-            if step == steps or (checkpoint_every and step % checkpoint_every == 0):
+            out_of_time = time.perf_counter() > deadline
+            if step == steps or out_of_time or (checkpoint_every and step % checkpoint_every == 0):
                 _save(out_dir, model, optimizer, batches, step, seed, history, fingerprint)
+            if out_of_time:
+                break
     model.eval()
     return model, history

@@ -175,3 +175,11 @@ def test_psnr_in_both_ranges():
     assert ae.psnr(x, x) == math.inf
     with pytest.raises(ValueError, match="uint8 with uint8"):
         ae.psnr(a, a.astype(np.float32))
+
+
+def test_a_time_budget_stops_the_run_early_and_saves_it(tmp_path):
+    images, _ = data.make_styles(8, size=16, seed=5)
+    _, history = ae.train_autoencoder(tiny_config(), images, 50, tmp_path, max_seconds=0.0, compiled=False,
+                                      progress=False)
+    assert len(history) == 1
+    assert json.loads((tmp_path / "checkpoint" / "config.json").read_text())["step"] == 1
