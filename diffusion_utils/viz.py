@@ -20,6 +20,8 @@ from diffusion_utils.schedules import NoiseSchedule
 import mlx.core as mx
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import FancyBboxPatch, Patch
 from PIL import Image, ImageDraw
 
 
@@ -120,6 +122,71 @@ def show_labelled_grid(images, nrow: int, row_labels: Sequence[str] = (), col_la
 
 
 GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}  # extension -> Pillow format written
+
+
+_CONDITIONED, _PLAIN = "#fdd9b5", "#dbe5f5"  # box colours of plot_unet
+
+
+def _skip_pairs(stages: Sequence[Mapping]) -> list[tuple[int, int]]:
+    """(stage that keeps a skip, stage that concatenates it) pairs, last in first out."""
+    kept, pairs = [], []
+    for i, stage in enumerate(stages):
+        if stage.get("pops"):
+            if not kept:
+                raise ValueError(f"stage {stage['name']!r} concatenates a skip, but none is kept")
+            pairs.append((kept.pop(), i))
+        if stage.get("pushes"):
+            kept.append(i)
+    if kept:
+        first = stages[kept[0]]["name"]
+        raise ValueError(f"{len(kept)} skip(s) never concatenated, the first kept by {first!r}")
+    return pairs
+
+
+def plot_unet(stages: Sequence[Mapping], ax=None, title: str | None = None) -> Figure:
+    """Draw a UNet forward pass as a U: one box per stage, left to right in forward order and one
+    row lower per halving of the resolution, with the skip connections as arcs; returns the Figure.
+
+    stages: in forward order, each a mapping with `name` (str), `shape` (B, H, W, C) of the stage's
+    output, and optional flags `pushes` (its output is kept as a skip), `pops` (it first concatenates
+    the newest kept skip: last in, first out) and `emb` (the time/style vector enters it). A pop with
+    no skip kept, or skips left over at the end, raise ValueError. Each box shows the name and H×W×C.
+    """
+    pairs = _skip_pairs(stages)
+    top = max(stage["shape"][1] for stage in stages)
+    rows = [-round(math.log2(top / stage["shape"][1])) for stage in stages]  # 0, -1, -2, ... per halving
+    if ax is None:
+        size = (0.95 * len(stages) + 1.0, 1.3 * (1 - min(rows)) + 1.6)
+        ax = Figure(figsize=size, layout="constrained").add_subplot()
+    for i, (stage, row) in enumerate(zip(stages, rows, strict=True)):
+        ax.add_patch(FancyBboxPatch((i - 0.42, row - 0.3), 0.84, 0.6, boxstyle="round,pad=0.02", gid="stage",
+                                    facecolor=_CONDITIONED if stage.get("emb") else _PLAIN, edgecolor="0.3"))
+        _, h, w, c = stage["shape"]
+        ax.text(i, row, f"{stage['name']}\n{h}×{w}×{c}", ha="center", va="center", fontsize=6.5)
+        if i:
+            ax.annotate("", xy=(i - 0.44, row), xytext=(i - 0.56, rows[i - 1]),
+                        arrowprops={"arrowstyle": "->", "linewidth": 0.8, "shrinkA": 0, "shrinkB": 0})
+    arc_top = 0.3
+    for start, end in pairs:
+        height = 0.35 + 0.07 * (end - start)  # longer skips arc higher, so nested arcs do not cross
+        arc_top = max(arc_top, rows[start] + 0.3 + height)
+        bend = f"arc3,rad={-2 * height / (end - start):.3f}"
+        ax.annotate("", xy=(end, rows[end] + 0.32), xytext=(start, rows[start] + 0.32), gid="skip",
+                    arrowprops={"arrowstyle": "->", "color": "tab:green", "shrinkA": 0, "shrinkB": 0,
+                                "connectionstyle": bend})
+    levels = sorted(set(rows), reverse=True)
+    ax.set(xlim=(-0.6, len(stages) - 0.4), ylim=(min(rows) - 0.5, arc_top + 0.1), xticks=[],
+           yticks=levels, yticklabels=[f"{top >> -row}×{top >> -row}" for row in levels])
+    ax.tick_params(length=0, labelsize=8)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    legend = [Patch(facecolor=_CONDITIONED, edgecolor="0.3", label="time + style vector added (ResBlocks)"),
+              Patch(facecolor=_PLAIN, edgecolor="0.3", label="no conditioning"),
+              Line2D([], [], color="tab:green", label="skip: kept, later concatenated")]
+    ax.legend(handles=legend, loc="lower left", fontsize=7, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax.figure
 
 
 def save_grid(images, path, nrow: int | None = None, upscale: int = 4, padding: int = 1) -> Path:

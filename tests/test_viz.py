@@ -170,3 +170,38 @@ def test_timestep_index_matches_plot_axis():
     assert viz.timestep_index(0.0, 1000) == 0
     assert viz.timestep_index(1.0, 1000) == 999
     np.testing.assert_array_equal(viz.timestep_index([0.25, 0.5], 100), [24, 49])  # (index + 1) / T = t/T
+
+
+def _unet_stages():
+    """A two-level UNet trace: conv_in and one block kept at 8x8, a pooled map kept at 4x4."""
+    def stage(name, size, channels, **flags):
+        return {"name": name, "shape": (2, size, size, channels), **flags}
+    return [stage("conv_in", 8, 4, pushes=True), stage("down res", 8, 4, pushes=True, emb=True),
+            stage("pool", 4, 4, pushes=True), stage("mid", 4, 8, emb=True),
+            stage("up res0", 4, 8, pops=True, emb=True), stage("upsample", 8, 8),
+            stage("up res1", 8, 4, pops=True, emb=True), stage("up res2", 8, 4, pops=True, emb=True),
+            stage("conv_out", 8, 3)]
+
+
+def test_plot_unet_draws_a_box_per_stage_lower_per_halving_and_one_arc_per_skip():
+    stages = _unet_stages()
+    ax = viz.plot_unet(stages, title="toy").axes[0]
+    boxes = [p for p in ax.patches if p.get_gid() == "stage"]
+    assert len(boxes) == len(stages)
+    centres = [box.get_x() + box.get_width() / 2 for box in boxes]
+    np.testing.assert_allclose(centres, np.arange(len(stages)), atol=0.05)  # forward order, left to right
+    rows = [box.get_y() for box in boxes]
+    assert rows[2] == rows[3] == rows[4] < rows[0] == rows[5] == rows[8]  # 4x4 stages sit one row lower
+    arcs = [a for a in ax.texts if a.get_gid() == "skip"]
+    # last in, first out: the pool feeds up res0, the down block up res1, conv_in up res2
+    assert sorted((a.xyann[0], a.xy[0]) for a in arcs) == [(0, 7), (1, 6), (2, 4)]
+    labels = [t.get_text() for t in ax.texts if t.get_gid() != "skip"]
+    assert "pool\n4×4×4" in labels and [t.get_text() for t in ax.get_yticklabels()] == ["8×8", "4×4"]
+
+
+def test_plot_unet_rejects_unmatched_skips():
+    stages = _unet_stages()
+    with pytest.raises(ValueError, match="'up res2' concatenates a skip, but none is kept"):
+        viz.plot_unet([{**s, "pushes": False} if s["name"] == "conv_in" else s for s in stages])
+    with pytest.raises(ValueError, match="1 skip.*never concatenated.*'conv_in'"):
+        viz.plot_unet(stages[:-2] + stages[-1:])
