@@ -19,7 +19,8 @@ import time
 from dataclasses import replace
 
 import diffusion_utils  # noqa: F401  (fast BLAS before mlx.core)
-from diffusion_utils import backend, bench, data, layers, parallel, train, unet
+from diffusion_utils import backend, bench, data, parallel, train, unet
+from diffusion_utils.cpu import layers
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -200,7 +201,7 @@ def profile_model(preset, batch):
     silu = unet.silu
     unet.silu = lambda x: timed("silu", lambda _, a: silu(a))(None, x)
     try:
-        model = unet.UNet(config)
+        model = layers.use_fast_cpu_layers(unet.UNet(config))
         mx.eval(model.parameters())
         size = config.image_size
         x = mx.random.normal((batch, size, size, config.in_channels))

@@ -39,6 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from diffusion_utils import backend, data, parallel, train
+from diffusion_utils.cpu import use_fast_cpu_layers
 from diffusion_utils.schedules import make_schedule
 from diffusion_utils.unet import UNet, count_flops, parameter_count
 
@@ -104,7 +105,7 @@ class _MLXCase:
 
     def __init__(self, config: train.TrainConfig, sample_batch: int):
         self.config = config
-        self.model = UNet(config.unet)
+        self.model = use_fast_cpu_layers(UNet(config.unet))
         self.schedule = make_schedule(config.schedule, config.num_timesteps)
         self.optimizer = train.make_optimizer(config)
         num_classes = config.unet.num_classes

@@ -13,20 +13,18 @@ initialised to zero, so that the untrained network predicts exactly zero.
 Images are channels-last, `(B, H, W, C)`. The network knows nothing about noise or
 schedules: it maps `(x, t, y)` to a tensor of the same shape as `x`.
 
-Layer choices for speed (measured with MLX on CPU; all also fast on Metal): downsampling
-is a 2x2 average pool followed by a 3x3 conv, and upsampling a nearest-neighbour repeat
-followed by a 3x3 conv. Transposed convs and stride-2 convs would be the textbook choice,
-but their gradients take a slow path in MLX on CPU. `Conv2d`, `GroupNorm` (PyTorch's
-grouping), `silu` and `softmax` come from `layers.py`: the mlx ones, same parameters and
-results, with CPU speed-ups (the plain mlx ops on a GPU).
+Every layer is plain `mlx.nn` (Conv2d, GroupNorm with PyTorch's grouping, SiLU, Softmax).
+Downsampling is a 2x2 average pool followed by a 3x3 conv, and upsampling a nearest-neighbour
+repeat followed by a 3x3 conv: transposed and stride-2 convs would be the textbook choice, but
+their gradients take a slow path in MLX on CPU. On a CPU the trainer and the sampler swap these
+layers for faster ones with the same parameters (`diffusion_utils.cpu.use_fast_cpu_layers`);
+nothing in this file depends on it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-
-from diffusion_utils.layers import Conv2d, GroupNorm, silu, softmax
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -163,8 +161,14 @@ class UNetConfig:
         return cls(**d)
 
 
-def _conv3x3(in_channels: int, out_channels: int) -> Conv2d:
-    return Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+
+def _group_norm(groups: int, channels: int) -> nn.GroupNorm:
+    """GroupNorm (Wu & He 2018) with PyTorch's grouping, as in every diffusion UNet: group g holds
+    the adjacent channels [g C/G, (g + 1) C/G)."""
+    return nn.GroupNorm(groups, channels, pytorch_compatible=True)
 
 
 def _conv_flops(conv: nn.Conv2d, h: int, w: int) -> float:
@@ -186,19 +190,20 @@ class ResBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, groups: int,
                  dropout: float = 0.0):
         super().__init__()
-        self.norm1 = GroupNorm(groups, in_channels)
+        self.norm1 = _group_norm(groups, in_channels)
+        self.act = nn.SiLU()
         self.conv1 = _conv3x3(in_channels, out_channels)
         self.emb_proj = nn.Linear(emb_dim, out_channels)
-        self.norm2 = GroupNorm(groups, out_channels)
+        self.norm2 = _group_norm(groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _conv3x3(out_channels, out_channels)
         if in_channels != out_channels:
-            self.skip = Conv2d(in_channels, out_channels, kernel_size=1)
+            self.skip = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def __call__(self, x: mx.array, emb: mx.array) -> mx.array:
-        h = self.conv1(silu(self.norm1(x)))  # (B, H, W, C_out)
-        h = h + self.emb_proj(silu(emb))[:, None, None, :]  # (B, 1, 1, C_out) broadcast
-        h = self.conv2(self.dropout(silu(self.norm2(h))))  # (B, H, W, C_out)
+        h = self.conv1(self.act(self.norm1(x)))  # (B, H, W, C_out)
+        h = h + self.emb_proj(self.act(emb))[:, None, None, :]  # (B, 1, 1, C_out) broadcast
+        h = self.conv2(self.dropout(self.act(self.norm2(h))))  # (B, H, W, C_out)
         return h + (self.skip(x) if "skip" in self else x)
 
     def flops(self, h: int, w: int) -> float:
@@ -219,8 +224,9 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, num_heads: int, groups: int):
         super().__init__()
         self.num_heads = num_heads
-        self.norm = GroupNorm(groups, channels)
+        self.norm = _group_norm(groups, channels)
         self.qkv = nn.Linear(channels, 3 * channels)
+        self.softmax = nn.Softmax()  # over the last axis
         self.proj = nn.Linear(channels, channels)
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -230,7 +236,7 @@ class AttentionBlock(nn.Module):
         qkv = qkv.reshape(B, H * W, 3 * heads, d).transpose(0, 2, 1, 3)  # (B, 3 * heads, L, d)
         q, k, v = mx.split(qkv, 3, axis=1)  # (B, heads, L, d) each; views (qkv[i] would copy, slowly)
         scores = (q * d**-0.5) @ k.swapaxes(-1, -2)  # (B, heads, L, L)
-        out = softmax(scores) @ v  # (B, heads, L, d)
+        out = self.softmax(scores) @ v  # (B, heads, L, d)
         out = out.transpose(0, 2, 1, 3).reshape(B, H, W, C)  # (B, H, W, C)
         return x + self.proj(out)
 
@@ -378,8 +384,8 @@ class UNet(nn.Module):
         self.config = config
         ch = config.base_channels
         emb_dim = 4 * ch  # time embedding width, as in Ho et al. 2020
-        self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(),
-                                        nn.Linear(emb_dim, emb_dim))
+        # nn.silu as a function, not a layer: use_fast_cpu_layers leaves this (B, E) MLP as it is
+        self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.silu, nn.Linear(emb_dim, emb_dim))
         if config.num_classes > 0:
             # one row per class plus the "null" class (label = num_classes) for guidance
             self.label_embed = nn.Embedding(config.num_classes + 1, emb_dim)
@@ -406,7 +412,8 @@ class UNet(nn.Module):
             self.up.append(UpLevel(in_ch, out_ch, pops, emb_dim, config, attention, i > 0))
             in_ch = out_ch
 
-        self.norm_out = GroupNorm(config.groups, in_ch)
+        self.norm_out = _group_norm(config.groups, in_ch)
+        self.act_out = nn.SiLU()
         self.conv_out = _conv3x3(in_ch, config.in_channels)
         # Zero output conv: the untrained network predicts exactly 0 (Nichol & Dhariwal 2021).
         self.conv_out.weight = mx.zeros_like(self.conv_out.weight)
@@ -478,7 +485,7 @@ class UNet(nn.Module):
         for i, level in enumerate(self.up):
             h = level(h, emb, skips)
             note(f"up.{i}", h)
-        out = self.conv_out(silu(self.norm_out(h)))  # (B, H, W, in_channels)
+        out = self.conv_out(self.act_out(self.norm_out(h)))  # (B, H, W, in_channels)
         note("conv_out", out)
         return out
 

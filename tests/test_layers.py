@@ -1,7 +1,9 @@
-"""layers.py: each fast layer computes what the mlx.nn layer computes, values and gradients."""
+"""cpu/layers.py: each fast layer computes what the mlx.nn layer computes (values, gradients), and
+`use_fast_cpu_layers` swaps them into a network without changing its parameters or outputs."""
 
 import diffusion_utils  # noqa: F401  (fast BLAS before mlx.core)
-from diffusion_utils import layers
+from diffusion_utils.cpu import layers
+from diffusion_utils.unet import UNet, UNetConfig
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -23,10 +25,6 @@ def assert_close(actual, expected, rtol=1e-5, atol=None):
 def grads(fn, params, x, cotangent):
     """Gradients of sum(fn(params, x) * cotangent) w.r.t. params (a list of arrays) and x."""
     return mx.grad(lambda p, a: (fn(p, a) * cotangent).sum(), argnums=(0, 1))(params, x)
-
-
-def test_on_gpu_is_false_on_this_cpu():
-    assert layers._on_gpu() == (mx.default_device().type == mx.DeviceType.gpu)
 
 
 def test_exp_matches_mx_exp_to_float32_rounding():
@@ -134,3 +132,31 @@ def test_gpu_guard_falls_back_to_the_plain_mlx_layers(monkeypatch):
     assert_close(conv(x), nn.Conv2d.__call__(conv, x))
     assert_close(layers.silu(x), nn.silu(x), atol=0)
     assert_close(layers.softmax(x), mx.softmax(x, axis=-1), atol=0)
+
+
+def tiny_unet():
+    config = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(4,), groups=4, num_heads=2, num_classes=2)
+    model = UNet(config)
+    model.conv_out.weight = normal(model.conv_out.weight.shape, 9, scale=0.1)  # a non-zero output
+    return model
+
+
+def test_use_fast_cpu_layers_keeps_parameters_and_outputs(monkeypatch):
+    model = tiny_unet()
+    x, t, y = normal((4, 8, 8, 3), 1), mx.array([0, 10, 500, 999]), mx.array([0, 1, 2, 1])
+    before, params = model(x, t, y), dict(tree_flatten(model.parameters()))
+    monkeypatch.setattr(layers, "_on_gpu", lambda: False)  # the swap as it happens on a CPU
+    assert layers.use_fast_cpu_layers(model) is model
+    kinds = {type(m) for _, m in model.named_modules()}
+    assert {layers.Conv2d, layers.GroupNorm, layers.SiLU, layers.Softmax} <= kinds
+    assert not kinds & {nn.Conv2d, nn.GroupNorm, nn.SiLU, nn.Softmax}  # every one was swapped
+    after = dict(tree_flatten(model.parameters()))
+    assert after.keys() == params.keys() and all(after[k] is params[k] for k in params)  # same arrays
+    assert_close(model(x, t, y), before, rtol=1e-4)
+
+
+def test_use_fast_cpu_layers_does_nothing_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(layers, "_on_gpu", lambda: True)
+    model = layers.use_fast_cpu_layers(tiny_unet())
+    assert not {type(m) for _, m in model.named_modules()} & set(layers.FAST_LAYERS.values())

@@ -1,8 +1,10 @@
-"""Drop-in replacements for the mlx.nn layers the UNet uses, faster on MLX's CPU backend.
+"""Faster CPU versions of the mlx.nn layers the networks use, and `use_fast_cpu_layers(model)`.
 
-Each class keeps the parameter names and shapes of the mlx.nn layer it replaces (so
-checkpoints load either way) and computes the same function to float32 rounding (tests in
-`tests/test_bench.py` compare forward values and gradients). What each trick buys was
+The networks (`unet.py`, ...) are written with plain `mlx.nn` layers. On MLX's CPU backend some
+of those are slow, so the trainer and the sampler call `use_fast_cpu_layers(model)`, which
+swaps each `nn.Conv2d`, `nn.GroupNorm`, `nn.SiLU` and `nn.Softmax` in place for the subclass
+below: same parameter names and shapes (checkpoints load either way), the same function to
+float32 rounding (tests/test_layers.py compares values and gradients). What each trick buys was
 measured with `benchmarks/profile_layers.py` on a 2-core x86_64 Linux machine (MLX 0.32.4
 with OpenBLAS, batch 64, 32x32); see `benchmarks/PROFILE.md`.
 
@@ -10,9 +12,8 @@ Why MLX needs help on CPU: its 3x3 convolution copies a 9x larger im2col matrix 
 matmul and differentiates through a slow generic path; its transcendental element-wise ops
 (`exp`, `sigmoid`, `tanh`) run a scalar polynomial with library calls per element; and
 `GroupNorm(pytorch_compatible=True)` transposes the tensor twice. On a GPU (Metal or CUDA)
-none of that holds and the plain mlx ops are the fast path, so every layer here falls back
-to them when `mx.default_device()` is a GPU: the tricks are only used where they were
-measured to pay off.
+none of that holds and the plain mlx ops are the fast path: `use_fast_cpu_layers` does nothing
+there, and every layer here also falls back to the mlx op when it runs on a GPU.
 """
 
 from __future__ import annotations
@@ -242,3 +243,36 @@ class Conv2d(nn.Conv2d):
         if not plain and (kh, kw) == (1, 1) and _pair(self.padding) == (0, 0):
             return x @ self.weight.reshape(out_channels, -1).T + self.bias
         return super().__call__(x)
+
+
+class SiLU(nn.SiLU):
+    """`nn.SiLU` computed with `silu` above."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return silu(x)
+
+
+class Softmax(nn.Softmax):
+    """`nn.Softmax` (over the last axis) computed with `softmax` above."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return softmax(x)
+
+
+FAST_LAYERS = {nn.Conv2d: Conv2d, nn.GroupNorm: GroupNorm, nn.SiLU: SiLU, nn.Softmax: Softmax}
+
+
+def use_fast_cpu_layers(model: nn.Module) -> nn.Module:
+    """Swap, in place, every plain mlx.nn layer of `model` that has a faster CPU version; returns it.
+
+    Only the layers' classes change (their parameters are the same arrays under the same names),
+    so weights, optimizer state and checkpoints are untouched, and the outputs agree to float32
+    rounding. Does nothing on a GPU, where the plain layers are the fast ones.
+    """
+    if _on_gpu():
+        return model
+    for _, module in model.named_modules():
+        fast = FAST_LAYERS.get(type(module))
+        if fast is not None:
+            module.__class__ = fast
+    return model
