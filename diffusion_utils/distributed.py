@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -100,6 +101,28 @@ class _Watchdog:
                                  f"{PEER_TIMEOUT_ENV} if a rank is only slow)\n")
                 sys.stderr.flush()
                 os._exit(1)
+
+
+# The child waits for its stdin to close (the parent's "done", or its death); on timeout it
+# prints why and kills the parent. Plain Python, so it starts in milliseconds.
+_CHILD_WATCHDOG = """import os, select, signal, sys
+if not select.select([sys.stdin], [], [], float(sys.argv[2]))[0]:
+    sys.stderr.write(sys.argv[3]); sys.stderr.flush(); os.kill(int(sys.argv[1]), signal.SIGKILL)"""
+
+
+@contextmanager
+def _watched_by_a_process(timeout: float, who: str):
+    """Like `_Watchdog.guard`, for `mx.distributed.init`, which waits for the peers holding
+    Python's GIL, so that no thread of this process could run: a child process watches."""
+    message = (f"error: {who}: the other ranks did not join within {timeout:g} s (are they all started, "
+               f"and are the hostfile's addresses reachable? raise {PEER_TIMEOUT_ENV} if they are slow)\n")
+    child = subprocess.Popen([sys.executable, "-c", _CHILD_WATCHDOG, str(os.getpid()), str(timeout), message],
+                             stdin=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        child.stdin.close()
+        child.wait()
 
 
 @dataclass(frozen=True)
@@ -224,7 +247,7 @@ def world() -> World:
         else:
             rank = os.environ.get("MLX_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "?"
             watchdog = _Watchdog(peer_timeout(), f"rank {rank}")
-            with watchdog.guard("start-up (joining the other ranks)", ""):
+            with _watched_by_a_process(watchdog.timeout, f"rank {rank}"):
                 group = mx.distributed.init()
             _state["world"] = World(group.rank(), group.size(), group, watchdog)
     return _state["world"]
