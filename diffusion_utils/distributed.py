@@ -82,7 +82,7 @@ class _Watchdog:
     @contextmanager
     def guard(self, what: str, note: str):
         with self._lock:
-            self._deadline, self._what = time.monotonic() + self.timeout, f"{what}; {note}".rstrip("; ")
+            self._deadline, self._what = time.monotonic() + self.timeout, (what, note)
         try:
             yield
         finally:
@@ -96,9 +96,10 @@ class _Watchdog:
                 late = self._deadline is not None and time.monotonic() > self._deadline
                 what = self._what
             if late:
+                during, note = what
                 sys.stderr.write(f"error: {self.who}: no answer from the other ranks for {self.timeout:g} s "
-                                 f"during {what} (a rank died, hangs or lost its network; raise "
-                                 f"{PEER_TIMEOUT_ENV} if a rank is only slow)\n")
+                                 f"during {during} (a rank died, hangs or lost its network; raise "
+                                 f"{PEER_TIMEOUT_ENV} if a rank is only slow){'; ' + note if note else ''}\n")
                 sys.stderr.flush()
                 os._exit(1)
 
