@@ -94,11 +94,11 @@ def test_sample_is_reproducible_by_seed(ckpt, tmp_path):
     ("args", "fragments"),
     [
         (["--style", "cubism"], ["unknown style 'cubism'", "de_stijl", "ink_landscape"]),
-        (["--n", 0], ["n must be an integer >= 1"]),
+        (["--n", 0], ["--n must be between 1 and 10,000, got 0"]),
         (["--steps", 1001], ["[1, 1000]"]),
         (["--guidance", -1], ["guidance", ">= 0"]),
         (["--sampler", "dpm++", "--eta", 0.5], ["--eta applies only to --sampler ddim"]),
-        (["--seed", -3], ["seed must be an integer >= 0"]),
+        (["--seed", -3], ["--seed must be between 0 and"]),
     ],
     ids=["unknown-style", "n-zero", "steps-above-T", "negative-guidance", "eta-not-ddim", "negative-seed"],
 )

@@ -34,7 +34,7 @@ def test_train_then_refuse_overwrite_then_resume(tmp_path):
 def test_bad_input_is_one_line_error(tmp_path):
     smoke = ["--preset", "smoke", "--out", "r"]
     cases = [
-        ([*smoke, "--steps", "0"], "error: TrainConfig.steps must be an integer >= 1"),
+        ([*smoke, "--steps", "0"], "error: --steps must be >= 1, got 0"),
         ([*smoke, "--dataset", "no/such/folder"], "error: dataset 'no/such/folder' not found"),
         ([*smoke, "--resume"], "error: no checkpoint to resume in r"),
         (["--preset", "huge", "--out", "r"], "invalid choice: 'huge'"),
