@@ -154,3 +154,11 @@ def test_a_silent_peer_ends_the_wait_in_bounded_time(tmp_path):
     _, stderr = rank0.communicate(timeout=60)  # rank 1 never starts
     assert rank0.returncode != 0
     assert "the other ranks did not join within 2 s" in stderr
+
+
+def test_appendix_notebook_runs_in_fast_mode(tmp_path):
+    from diffusion_utils import tutorial
+
+    executed = tutorial.run_notebook(ROOT / "notebooks" / "appendix_data_parallel.ipynb", tmp_path, fast=True,
+                                     timeout=300)
+    assert "largest gradient difference" in executed.read_text()
