@@ -4,7 +4,7 @@ import json
 import shutil
 from dataclasses import replace
 
-from diffusion_utils import checkpoint, data, train
+from diffusion_utils import checkpoint, data, files, train
 
 import mlx.core as mx
 import numpy as np
@@ -108,7 +108,7 @@ def test_crash_mid_write_keeps_the_previous_checkpoint(run, tmp_path, monkeypatc
     assert checkpoint.load_model(copy)[2]["step"] == 5
     trainer.save()  # the next save completes the swap and cleans up
     assert checkpoint.load_model(copy)[2]["step"] == 6
-    assert sorted(p.name for p in copy.iterdir()) == ["checkpoint", "train.log"]
+    assert sorted(p.name for p in copy.iterdir()) == [files.LOCK_FILE, "checkpoint", "train.log"]
 
 
 def _broken_copy(run, tmp_path):
