@@ -22,6 +22,7 @@ from diffusion_utils import data, samplers, schedules, viz
 import numpy as np
 from matplotlib.figure import Figure
 
+ERROR_CLASS = "explorer-error"  # CSS class of an explorer image that shows an error instead of its figure
 STRIP_FRACTIONS = np.linspace(0.125, 1.0, 8)  # t/T of the fixed columns of the noising strip
 
 
@@ -46,7 +47,8 @@ def figure_explorer(update: Callable[..., Figure], controls: dict, **fixed):
     The figure is drawn when the widget is built and again after any control changes, from
     whichever thread reports the change. `.result` holds the last Figure, `.image` the
     `ipywidgets.Image` showing it, `.refresh()` redraws. An exception in `update` shows as a
-    message figure in place of the plot (and is kept in `.error`), never silently.
+    message figure in place of the plot, kept in `.error`, and marks the image with the CSS
+    class `ERROR_CLASS` (for the browser test); never silently.
     """
     import ipywidgets as w
 
@@ -60,9 +62,11 @@ def figure_explorer(update: Callable[..., Figure], controls: dict, **fixed):
             try:
                 explorer.result = update(**{n: c.value for n, c in controls.items()}, **fixed)
                 explorer.error = None
+                image.remove_class(ERROR_CLASS)
             except Exception as err:  # shown to the learner in place of the figure
                 explorer.error = err
                 explorer.result = _message_figure("The update failed", f"{type(err).__name__}: {err}")
+                image.add_class(ERROR_CLASS)
             image.value = figure_png(explorer.result)
 
     for control in controls.values():

@@ -147,9 +147,11 @@ def test_an_update_that_raises_shows_the_error_in_place_of_the_figure():
     slider.value = 3
     texts = " ".join(text.get_text() for text in explorer.result.texts)
     assert "RuntimeError: three is not allowed" in texts and isinstance(explorer.error, RuntimeError)
+    assert widgets.ERROR_CLASS in explorer.image._dom_classes
     assert _png_pixels(explorer.image.value).std() > 0
     slider.value = 4  # and it recovers on the next change
     assert explorer.error is None and _title_numbers(explorer.result)["T"] == 45
+    assert widgets.ERROR_CLASS not in explorer.image._dom_classes
 
 
 def _in_a_new_thread(fn):
