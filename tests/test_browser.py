@@ -139,7 +139,7 @@ def test_explorer_redraws_in_jupyterlab(lab, browser, notebook, slider_label, pr
     SHOTS.mkdir(parents=True, exist_ok=True)
     stem = notebook.split("_")[0]
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/lab/tree/notebooks/{notebook}?token={token}")
+    page.goto(f"{url}/lab/workspaces/{stem}/tree/notebooks/{notebook}?token={token}")  # this notebook only
     page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
     dialog = page.locator(".jp-Dialog")  # JupyterLab may ask which kernel to start: the preferred one
     try:
