@@ -378,7 +378,7 @@ def compute_scale_factor(model: Autoencoder, images: np.ndarray, batch_size: int
     """1 / std of the posterior means of `images` (uint8 (N, H, W, 3)), over all elements.
 
     The diffusion model then works on `scale_factor * z`, which has unit standard deviation
-    (Rombach et al. 2022, sec. 4.3.2 and appendix G). The means, not samples: with LDM's tiny
+    (Rombach et al. 2022 introduced it for their KL models). The means, not samples: with LDM's tiny
     KL weight the posterior variance is small, and means make the number deterministic.
     """
     latents = encode_mean(model, images, batch_size).astype(np.float64)
