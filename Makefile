@@ -8,10 +8,11 @@ comma := ,
 MLX_BACKEND ?= $(if $(filter Linux,$(shell uname -s)),cpu,)
 EXTRAS := dev$(if $(MLX_BACKEND),$(comma)$(MLX_BACKEND),)
 
-.PHONY: run test lint lab bench clean
+.PHONY: run test lint lab bench clean git-filter
 
 $(STAMP): pyproject.toml
 	@bash .ci/install-system-blas
+	@$(MAKE) --no-print-directory git-filter
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
@@ -36,6 +37,11 @@ lab: $(STAMP)
 ## bench: MLX (and PyTorch, if installed) speed on this machine
 bench: $(STAMP)
 	$(PY) -m diffusion_utils bench
+
+## git-filter: notebooks enter git without outputs or the metadata JupyterLab rewrites (.gitattributes)
+git-filter:
+	@git rev-parse --git-dir >/dev/null 2>&1 && git config filter.notebook.clean "python3 .ci/clean-notebook" \
+	  || echo "NOTE: not a git checkout; the notebook filter is not installed"
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Command-line interface: `python -m diffusion_utils <command> ...`.
 
-One sub-command per job (contract in DESIGN.md): doctor, notebooks, train, sample, evaluate,
+One sub-command per job (the README lists them): doctor, notebooks, train, sample, evaluate,
 bench. Each `_cmd_*` function is thin: it parses nothing itself and calls the library, so the
 notebooks and the command line share one code path. Bad input (ValueError, FileNotFoundError)
 is printed as a one-line `error: ...` with exit status 2, a failing disk (OSError: read-only, full)
