@@ -4,15 +4,18 @@ Ctrl-C and kill. Every case must end in a one-line `error: ...` (no traceback) o
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 from diffusion_utils import checkpoint, files
 
 import mlx.core as mx
 import pytest
+from PIL import Image
 
 
 def run_cli(*args, env=None, timeout=300):
@@ -162,3 +165,44 @@ def test_bench_refuses_more_threads_than_cores():
 def test_notebooks_refuse_an_unknown_tutorial_fast(tmp_path):
     result = run_cli("notebooks", "--out", tmp_path, "--only", "01", env={"TUTORIAL_FAST": "maybe"})
     assert_one_line_error(result, "TUTORIAL_FAST='maybe' is not understood")
+
+
+def _png_claiming(width, height):
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb to Pillow)."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_train_on_a_folder_skips_a_bomb_and_a_loop_and_prints_non_utf8_classes(tmp_path):
+    images = tmp_path / "art"
+    for name in ("ok", os.fsdecode(b"caf\xe9")):
+        (images / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (20, 20), (60 * i, 0, 200)).save(images / name / f"{i}.png")
+    (images / "ok" / "bomb.png").write_bytes(_png_claiming(20000, 20000))  # 400 megapixels
+    (images / "loop").symlink_to(images)
+    result = run_cli("train", "--preset", "smoke", "--dataset", images, "--out", tmp_path / "run",
+                     "--steps", 1)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "bomb.png" in result.stderr and "a loop, not a class" in result.stderr
+    log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    assert "8 images, classes caf\ufffd, ok" in log
+
+
+@pytest.mark.parametrize("entry", ["files", "class_names"])
+def test_sample_refuses_a_config_with_a_null_entry(ckpt, tmp_path, entry):
+    copy = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(ckpt), str(copy)], check=True)
+    config = copy / checkpoint.CHECKPOINT_DIR / checkpoint.CONFIG_FILE
+    config.write_text(json.dumps({**json.loads(config.read_text()), entry: None}))
+    assert_one_line_error(run_cli("sample", "--checkpoint", copy, "--out", tmp_path / "g.png"), entry)
+
+
+def test_train_out_dot_trains_in_the_current_folder(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "diffusion_utils", "train", "--preset", "smoke",
+                             "--out", ".", "--steps", "1"], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert checkpoint.has_checkpoint(tmp_path)
