@@ -206,3 +206,12 @@ def test_train_out_dot_trains_in_the_current_folder(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert checkpoint.has_checkpoint(tmp_path)
+
+
+def test_checkpoint_minutes_saves_during_a_run_without_a_step_cadence(tmp_path):
+    result = run_cli("train", "--preset", "smoke", "--out", tmp_path / "run", "--steps", 30,
+                     "--checkpoint-every", 0, "--checkpoint-minutes", 0.0001)  # every 6 ms: after every step
+    assert result.returncode == 0, result.stderr[-2000:]
+    saves = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines()
+             if line.startswith("checkpoint at step")]
+    assert len(saves) >= 5 and saves[0] != saves[-1]  # not only the final one
