@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from diffusion_utils.checks import Row, check_fields, int_at_least, is_number
+
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
@@ -51,6 +53,18 @@ def timestep_embedding(t: mx.array, dim: int, max_period: float = 10000.0) -> mx
     freqs = mx.exp(-math.log(max_period) * mx.arange(half, dtype=mx.float32) / half)  # (k,)
     args = t.astype(mx.float32)[:, None] * freqs[None, :]  # (B, k)
     return mx.concatenate([mx.sin(args), mx.cos(args)], axis=-1)  # (B, dim)
+
+
+_POSITIVE = int_at_least(1)
+# UNetConfig's fields, one row each: (name, test, what it must be)
+_UNET_FIELD_CHECKS: tuple[Row, ...] = (
+    *((name, _POSITIVE, "a positive integer")
+      for name in ("image_size", "in_channels", "base_channels", "num_res_blocks", "groups", "num_heads")),
+    ("channel_mults", lambda mults: bool(mults) and all(map(_POSITIVE, mults)),
+     "a non-empty list of positive integers"),
+    ("num_classes", int_at_least(0), "an integer >= 0"),
+    ("dropout", lambda p: is_number(p) and 0.0 <= p < 1.0, "in [0, 1)"),
+)
 
 
 @dataclass
@@ -82,59 +96,26 @@ class UNetConfig:
         return self.image_size // 2**level
 
     def validate(self) -> None:
-        """Raise a one-line ValueError naming the first bad field."""
-
-        def positive_int(name):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"UNetConfig.{name} must be a positive integer, got {value!r}")
-
-        for name in ("image_size", "in_channels", "base_channels", "num_res_blocks", "groups",
-                     "num_heads"):
-            positive_int(name)
-        if not self.channel_mults or not all(
-            isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in self.channel_mults
-        ):
-            raise ValueError(
-                "UNetConfig.channel_mults must be a non-empty list of positive integers, "
-                f"got {list(self.channel_mults)}"
-            )
+        """Raise a one-line ValueError naming the first bad field: the table, then across fields."""
+        check_fields(self, _UNET_FIELD_CHECKS)
         factor = 2 ** (self.levels - 1)
         if self.image_size % factor:
-            raise ValueError(
-                f"UNetConfig.image_size={self.image_size} must be divisible by {factor} "
-                f"(2**(levels-1) for {self.levels} levels)"
-            )
+            raise ValueError(f"UNetConfig.image_size={self.image_size} must be divisible by {factor} "
+                             f"(2**(levels-1) for {self.levels} levels)")
         level_sizes = [self.resolution(i) for i in range(self.levels)]
         for r in self.attention_resolutions:
             if r not in level_sizes:
-                raise ValueError(
-                    f"UNetConfig.attention_resolutions: {r!r} is not one of the level "
-                    f"resolutions {level_sizes}"
-                )
-        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or (
-            self.num_classes < 0
-        ):
-            raise ValueError(
-                f"UNetConfig.num_classes must be an integer >= 0, got {self.num_classes!r}"
-            )
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        for m in self.channel_mults:
-            channels = self.base_channels * m
-            if channels % self.groups:
-                raise ValueError(
-                    f"UNetConfig.groups={self.groups} must divide every level's channels, "
-                    f"but not {channels}"
-                )
+                raise ValueError(f"UNetConfig.attention_resolutions: {r!r} is not one of the level "
+                                 f"resolutions {level_sizes}")
         for i, m in enumerate(self.channel_mults):
             channels = self.base_channels * m
+            if channels % self.groups:
+                raise ValueError(f"UNetConfig.groups={self.groups} must divide every level's channels, "
+                                 f"but not {channels}")
             attends = self.resolution(i) in self.attention_resolutions or i == self.levels - 1
             if attends and channels % self.num_heads:
-                raise ValueError(
-                    f"UNetConfig.num_heads={self.num_heads} must divide the channels of every "
-                    f"attention level, but not {channels}"
-                )
+                raise ValueError(f"UNetConfig.num_heads={self.num_heads} must divide the channels of every "
+                                 f"attention level, but not {channels}")
 
     def to_dict(self) -> dict:
         """A JSON-safe dict (tuples become lists)."""
