@@ -31,6 +31,7 @@ from functools import partial
 from pathlib import Path
 
 from diffusion_utils import checkpoint, data, distributed, files, parallel
+from diffusion_utils.checks import Row, check_fields, int_at_least, is_number
 from diffusion_utils.cpu import use_fast_cpu_layers
 from diffusion_utils.schedules import SCHEDULE_KINDS, NoiseSchedule, make_schedule
 from diffusion_utils.unet import UNet, UNetConfig, parameter_count
@@ -45,6 +46,25 @@ from tqdm.auto import tqdm
 PREDICTIONS = ("eps", "v")
 WEIGHTINGS = ("none", "min_snr")
 MIN_SNR_GAMMA = 5.0  # Hang et al. 2023 use gamma = 5 for every prediction target
+
+
+# TrainConfig's fields, one row each: (name, test, what it must be)
+_TRAIN_FIELD_CHECKS: tuple[Row, ...] = (
+    *((name, int_at_least(1), "an integer >= 1")
+      for name in ("image_size", "num_timesteps", "batch_size", "steps", "log_every")),
+    *((name, int_at_least(0), "an integer >= 0") for name in ("warmup_steps", "checkpoint_every", "seed")),
+    ("preview_every", int_at_least(-1), "an integer >= -1"),
+    ("schedule", lambda kind: kind in SCHEDULE_KINDS, f"one of {SCHEDULE_KINDS}"),
+    ("prediction", lambda kind: kind in PREDICTIONS, f"one of {PREDICTIONS}"),
+    ("loss_weighting", lambda kind: kind in WEIGHTINGS, f"one of {WEIGHTINGS}"),
+    ("learning_rate", lambda x: is_number(x) and x > 0, "a number > 0"),
+    ("weight_decay", lambda x: is_number(x) and x >= 0, "a number >= 0"),
+    ("grad_clip", lambda x: is_number(x) and x > 0, "a number > 0"),
+    ("checkpoint_minutes", lambda x: is_number(x) and x >= 0, "a number >= 0"),
+    ("ema_decay", lambda x: is_number(x) and 0 <= x < 1, "a number in [0, 1)"),
+    ("label_dropout", lambda x: is_number(x) and 0 <= x < 1, "a number in [0, 1)"),
+    ("dataset", lambda name: isinstance(name, str) and bool(name), "a data set name or folder"),
+)
 
 
 @dataclass
@@ -79,37 +99,11 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise a one-line ValueError naming the first bad field."""
-
-        def check(ok: bool, name: str, want: str):
-            if not ok:
-                raise ValueError(f"TrainConfig.{name} must be {want}, got {getattr(self, name)!r}")
-
-        def is_int(value):
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        def is_number(value):
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-        for name in ("image_size", "num_timesteps", "batch_size", "steps", "log_every"):
-            check(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
-        for name in ("warmup_steps", "checkpoint_every", "seed"):
-            check(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an integer >= 0")
-        check(is_int(self.preview_every) and self.preview_every >= -1, "preview_every", "an integer >= -1")
-        check(self.schedule in SCHEDULE_KINDS, "schedule", f"one of {SCHEDULE_KINDS}")
-        check(self.prediction in PREDICTIONS, "prediction", f"one of {PREDICTIONS}")
-        check(self.loss_weighting in WEIGHTINGS, "loss_weighting", f"one of {WEIGHTINGS}")
-        check(is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate", "a number > 0")
-        check(is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
-        check(is_number(self.grad_clip) and self.grad_clip > 0, "grad_clip", "a number > 0")
-        check(is_number(self.checkpoint_minutes) and self.checkpoint_minutes >= 0, "checkpoint_minutes",
-              "a number >= 0")
-        check(is_number(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", "a number in [0, 1)")
-        check(is_number(self.label_dropout) and 0 <= self.label_dropout < 1, "label_dropout",
-              "a number in [0, 1)")
-        check(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "a data set name or folder")
-        check(self.unet.image_size == self.image_size, "image_size", f"equal to unet.image_size "
-              f"({self.unet.image_size})")
+        """Raise a one-line ValueError naming the first bad field: the table, then across fields."""
+        check_fields(self, _TRAIN_FIELD_CHECKS)
+        if self.unet.image_size != self.image_size:
+            raise ValueError(f"TrainConfig.image_size must be equal to unet.image_size "
+                             f"({self.unet.image_size}), got {self.image_size!r}")
 
     def to_dict(self) -> dict:
         """A JSON-safe dict (the UNet config nested under "unet")."""
