@@ -152,17 +152,6 @@ def _group_norm(groups: int, channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, pytorch_compatible=True)
 
 
-def _conv_flops(conv: nn.Conv2d, h: int, w: int) -> float:
-    """Multiply-adds x 2 of a stride-1 'same' conv on an (h, w) map."""
-    out_channels, kh, kw, in_channels = conv.weight.shape
-    return 2.0 * h * w * kh * kw * in_channels * out_channels
-
-
-def _linear_flops(linear: nn.Linear, tokens: int) -> float:
-    out_features, in_features = linear.weight.shape
-    return 2.0 * tokens * in_features * out_features
-
-
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3 -> + time embedding -> GroupNorm -> SiLU -> dropout -> conv3x3,
     added to the input (through a 1x1 conv when the channel count changes). Ho et al. 2020.
@@ -186,13 +175,6 @@ class ResBlock(nn.Module):
         h = h + self.emb_proj(self.act(emb))[:, None, None, :]  # (B, 1, 1, C_out) broadcast
         h = self.conv2(self.dropout(self.act(self.norm2(h))))  # (B, H, W, C_out)
         return h + (self.skip(x) if "skip" in self else x)
-
-    def flops(self, h: int, w: int) -> float:
-        total = _conv_flops(self.conv1, h, w) + _conv_flops(self.conv2, h, w)
-        total += _linear_flops(self.emb_proj, 1)
-        if "skip" in self:
-            total += _conv_flops(self.skip, h, w)
-        return total
 
 
 class AttentionBlock(nn.Module):
@@ -221,12 +203,6 @@ class AttentionBlock(nn.Module):
         out = out.transpose(0, 2, 1, 3).reshape(B, H, W, C)  # (B, H, W, C)
         return x + self.proj(out)
 
-    def flops(self, h: int, w: int) -> float:
-        tokens = h * w
-        channels = self.proj.weight.shape[0]
-        matmuls = 2 * (2.0 * tokens * tokens * channels)  # q k^T and (weights) v, all heads
-        return _linear_flops(self.qkv, tokens) + matmuls + _linear_flops(self.proj, tokens)
-
 
 class Downsample(nn.Module):
     """Halve H and W: 2x2 average pool, then a 3x3 conv (channels unchanged)."""
@@ -240,9 +216,6 @@ class Downsample(nn.Module):
         x = x.reshape(B, H // 2, 2, W // 2, 2, C).mean(axis=(2, 4))  # (B, H/2, W/2, C)
         return self.conv(x)
 
-    def flops(self, h: int, w: int) -> float:
-        return _conv_flops(self.conv, h // 2, w // 2)
-
 
 class Upsample(nn.Module):
     """Double H and W: nearest-neighbour repeat, then a 3x3 conv (channels unchanged)."""
@@ -255,9 +228,6 @@ class Upsample(nn.Module):
         B, H, W, C = x.shape
         x = mx.broadcast_to(x[:, :, None, :, None, :], (B, H, 2, W, 2, C))
         return self.conv(x.reshape(B, 2 * H, 2 * W, C))  # (B, 2H, 2W, C)
-
-    def flops(self, h: int, w: int) -> float:
-        return _conv_flops(self.conv, 2 * h, 2 * w)
 
 
 class DownLevel(nn.Module):
@@ -293,11 +263,6 @@ class DownLevel(nn.Module):
             skips.append(h)
         return h
 
-    def flops(self, h: int, w: int) -> float:
-        blocks = [*self.res_blocks, *self.attentions]
-        total = sum(b.flops(h, w) for b in blocks)
-        return total + (self.downsample.flops(h, w) if self.downsample is not None else 0.0)
-
 
 class UpLevel(nn.Module):
     """One decoder resolution: `n + 1` x (concat skip -> ResBlock [+ attention]), then
@@ -328,11 +293,6 @@ class UpLevel(nn.Module):
             h = self.upsample(h)
         return h
 
-    def flops(self, h: int, w: int) -> float:
-        blocks = [*self.res_blocks, *self.attentions]
-        total = sum(b.flops(h, w) for b in blocks)
-        return total + (self.upsample.flops(h, w) if self.upsample is not None else 0.0)
-
 
 class MiddleBlock(nn.Module):
     """At the lowest resolution: ResBlock -> self-attention -> ResBlock."""
@@ -345,9 +305,6 @@ class MiddleBlock(nn.Module):
 
     def __call__(self, h: mx.array, emb: mx.array) -> mx.array:
         return self.res2(self.attention(self.res1(h, emb)), emb)
-
-    def flops(self, h: int, w: int) -> float:
-        return self.res1.flops(h, w) + self.attention.flops(h, w) + self.res2.flops(h, w)
 
 
 class UNet(nn.Module):
@@ -469,37 +426,6 @@ class UNet(nn.Module):
         out = self.conv_out(self.act_out(self.norm_out(h)))  # (B, H, W, in_channels)
         note("conv_out", out)
         return out
-
-    def flops(self, height: int | None = None, width: int | None = None) -> float:
-        """Forward FLOPs for ONE image of size (height, width); see `count_flops`."""
-        h = height if height is not None else self.config.image_size
-        w = width if width is not None else h
-        total = sum(_linear_flops(layer, 1) for layer in self.time_embed.layers
-                    if isinstance(layer, nn.Linear))
-        total += _conv_flops(self.conv_in, h, w)
-        for level in self.down:
-            total += level.flops(h, w)
-            if level.downsample is not None:
-                h, w = h // 2, w // 2
-        total += self.mid.flops(h, w)
-        for level in self.up:
-            total += level.flops(h, w)
-            if level.upsample is not None:
-                h, w = h * 2, w * 2
-        return total + _conv_flops(self.conv_out, h, w)
-
-
-def count_flops(config: UNetConfig) -> float:
-    """Forward FLOPs of one `config.image_size` image, counted analytically.
-
-    Counts 2 FLOPs per multiply-add of every conv (`2 * H * W * k * k * C_in * C_out`),
-    linear layer (`2 * tokens * in * out`; the time MLP and embedding projections count
-    one token per image) and attention matmul (`q k^T` and `softmax(.) v`, each
-    `2 * L * L * C` for L = H * W positions). Norms, activations, pooling, softmax and
-    additions are not counted (they are O(H * W * C), a few percent). A training step
-    (forward + backward) costs about 3x this.
-    """
-    return UNet(config).flops()
 
 
 def parameter_count(model: nn.Module) -> int:
