@@ -10,7 +10,8 @@ Notation (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", arXiv:2006
     SNR(t)        = alpha_bar_t / (1 - alpha_bar_t)    (Kingma et al. 2021)
 
 Arrays are indexed by t = 0 .. T-1, where index 0 is the paper's t = 1 (the first noising
-step). Coefficients are computed in float64 with numpy, then stored as float32 `mx.array`s.
+step). Coefficients are computed in float64 with numpy, then stored as float32 `mx.array`s;
+`alphas_cumprod_float64` keeps abar before the cast (numpy, read-only), for the samplers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import mlx.core as mx
 import numpy as np
 
 SCHEDULE_KINDS = ("linear", "cosine", "sigmoid")
+PREDICTIONS = ("eps", "v")  # what a network may predict: the noise (Ho et al. 2020) or v (Salimans & Ho 2022)
 
 
 def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
@@ -121,6 +123,9 @@ class NoiseSchedule:
         }
         for name, value in buffers.items():
             setattr(self, name, mx.array(value.astype(np.float32)))
+        # abar before the cast, for samplers: 1 - abar_t / abar_s stays exact for adjacent steps
+        self.alphas_cumprod_float64 = alpha_bar
+        self.alphas_cumprod_float64.flags.writeable = False
 
     @property
     def num_steps(self) -> int:

@@ -3,7 +3,14 @@
 import math
 
 import diffusion_utils  # noqa: F401  (fast BLAS before mlx.core)
-from diffusion_utils.schedules import SCHEDULE_KINDS, NoiseSchedule, make_schedule
+from diffusion_utils.schedules import (
+    SCHEDULE_KINDS,
+    NoiseSchedule,
+    cosine_betas,
+    linear_betas,
+    make_schedule,
+    sigmoid_betas,
+)
 
 import mlx.core as mx
 import numpy as np
@@ -20,6 +27,22 @@ def test_alpha_bar_strictly_decreasing_in_unit_interval(kind, num_steps):
     assert np.all(np.diff(abar) < 0)
     for name in ("betas", "alphas", "posterior_variance", "snr", "log_snr", "posterior_mean_coef1"):
         assert getattr(s, name).shape == (num_steps,)
+
+
+@pytest.mark.parametrize("kind", SCHEDULE_KINDS)
+def test_alpha_bar_is_a_float64_product_cast_once(kind):
+    """abar = prod(1 - beta) in float64 from the float64 betas; the float32 buffer is its cast."""
+    s = make_schedule(kind, 1000)
+    betas64 = {"linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}[kind](1000)
+    exact = np.cumprod(1.0 - betas64)
+    assert s.alphas_cumprod_float64.dtype == np.float64
+    np.testing.assert_array_equal(s.alphas_cumprod_float64, exact)
+    np.testing.assert_array_equal(np.array(s.alphas_cumprod), exact.astype(np.float32))
+    with pytest.raises(ValueError):  # read-only: the samplers share it
+        s.alphas_cumprod_float64[0] = 0.5
+    # a product of float32 factors drifts: by t = T its relative error is far above float64's
+    drift = np.cumprod((1.0 - betas64).astype(np.float32)).astype(np.float64) / exact - 1
+    assert np.abs(drift[-1]) > 1e-9
 
 
 def test_linear_golden_values():
