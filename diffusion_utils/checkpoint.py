@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from diffusion_utils.cpu import use_fast_cpu_layers
@@ -231,22 +232,45 @@ def build_model(directory: Path, config: dict) -> UNet:
         raise ValueError(f"{directory / CONFIG_FILE}: bad UNet config ({err})") from None
 
 
-def model_info(train_config: dict, class_names, step: int) -> dict:
-    """What a sampler or evaluator needs to know about a trained model, from its training config dict.
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a sampler or evaluator needs to know about a trained model (`load_model` returns one).
 
-    class_names (tuple), prediction ("eps" | "v"), image_size, step, num_classes, null_label
-    (= num_classes, the "no class" label; None for an unconditional model), config (the dict).
+    class_names: the data set's classes, in label order. prediction: what the network outputs,
+    "eps" (Ho et al. 2020) or "v" (Salimans & Ho 2022). image_size: the training resolution S
+    (samples are (S, S, 3)). step: optimiser steps trained. num_classes: the UNet's classes
+    (0 = unconditional). train_config: the training config as stored in config.json
+    (`TrainConfig.to_dict()`). path: the checkpoint directory (None for a model still in training).
+    ema: True when the EMA weights were loaded.
     """
-    num_classes = int(train_config["unet"]["num_classes"])
-    return {
-        "class_names": tuple(class_names),
-        "prediction": train_config.get("prediction", "eps"),
-        "image_size": int(train_config["unet"]["image_size"]),
-        "step": step,
-        "num_classes": num_classes,
-        "null_label": num_classes if num_classes > 0 else None,
-        "config": train_config,
-    }
+
+    class_names: tuple[str, ...]
+    prediction: str
+    image_size: int
+    step: int
+    num_classes: int
+    train_config: dict
+    path: Path | None = None
+    ema: bool = True
+
+    @classmethod
+    def from_train_config(cls, train_config: dict, class_names, step: int, path: Path | None = None,
+                          ema: bool = True) -> ModelInfo:
+        """The info of a model trained with `train_config` (a `TrainConfig.to_dict()`) for `step` steps."""
+        return cls(class_names=tuple(class_names), prediction=train_config.get("prediction", "eps"),
+                   image_size=int(train_config["unet"]["image_size"]), step=int(step),
+                   num_classes=int(train_config["unet"]["num_classes"]), train_config=train_config,
+                   path=path, ema=ema)
+
+    @property
+    def null_label(self) -> int | None:
+        """The "no class" label of classifier-free guidance (= num_classes); None when unconditional."""
+        return self.num_classes if self.num_classes > 0 else None
+
+    @property
+    def styles(self) -> tuple[str, ...]:
+        """The class names a sampler can ask for: `class_names`, or () for an unconditional model."""
+        return self.class_names if self.num_classes else ()
 
 
 def read_consistently(path: str | os.PathLike, load):
@@ -279,12 +303,12 @@ def _state_of(path) -> tuple[Path, dict] | str:
         return str(err)
 
 
-def load_model(path: str | os.PathLike, ema: bool = True) -> tuple[UNet, NoiseSchedule, dict]:
+def load_model(path: str | os.PathLike, ema: bool = True) -> tuple[UNet, NoiseSchedule, ModelInfo]:
     """Rebuild a trained denoiser for sampling or evaluation: (model, schedule, info).
 
     path: a checkpoint directory or a run folder holding `checkpoint/`. ema=True loads the
     EMA weights (better samples), False the raw ones. The model is in eval mode.
-    info: `model_info`'s keys, plus path (the checkpoint directory) and ema.
+    info: a `ModelInfo` (class names, prediction type, image size, step, ...).
     Corrupt, truncated, missing or mismatched files raise ValueError / FileNotFoundError (one line).
     """
     name = EMA_FILE if ema else MODEL_FILE
@@ -295,6 +319,6 @@ def load_model(path: str | os.PathLike, ema: bool = True) -> tuple[UNet, NoiseSc
         schedule = NoiseSchedule.from_config(config["schedule"])
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{directory / CONFIG_FILE}: bad schedule config ({err})") from None
-    info = model_info(config["train_config"], config["class_names"], int(config["step"]))
-    info.update(path=directory, ema=ema)
+    info = ModelInfo.from_train_config(config["train_config"], config["class_names"], config["step"],
+                                       path=directory, ema=ema)
     return model, schedule, info

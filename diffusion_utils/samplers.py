@@ -112,6 +112,7 @@ class Sampler:
         clip_x0: clip the predicted x0 to [-1, 1], the data range, before using it
             (Ho et al.'s `clip_denoised`); eps is then recomputed to match the clipped x0.
     """
+    name = "sampler"  # each subclass: the name `make_sampler` and the CLI know it by
 
     default_spacing = "trailing"
 
@@ -179,6 +180,8 @@ class DDPMSampler(Sampler):
         variance: "beta_tilde" (the posterior variance, optimal when the data is a single point)
             or "beta" (optimal for data ~ N(0, I)); Ho et al. found both give similar samples.
             The last step adds no noise with either (Algorithm 2: z = 0 at t = 1).
+    name = "ddpm"
+
     """
 
     def __init__(self, schedule: NoiseSchedule, variance: str = "beta_tilde", prediction: str = "eps",
@@ -223,6 +226,8 @@ class DDIMSampler(Sampler):
     sigma_t = eta sqrt((1 - abar_p) / (1 - abar_t)) sqrt(1 - abar_t / abar_p) (eq. 16):
     `eta=0` is deterministic (the probability-flow ODE, first order), `eta=1` is exactly
     DDPM's posterior (`DDPMSampler(variance="beta_tilde")`), in between interpolates.
+    name = "ddim"
+
     """
 
     def __init__(self, schedule: NoiseSchedule, eta: float = 0.0, prediction: str = "eps",
@@ -265,6 +270,7 @@ class DPMSolverPP2MSampler(Sampler):
     The sampler remembers the previous x0 between calls; it is used only when `step` is
     called with the timestep that follows the remembered one, so starting a new trajectory
     never mixes in a stale prediction.
+    name = "dpm++"
     """
 
     default_spacing = "logsnr"
@@ -300,7 +306,7 @@ class DPMSolverPP2MSampler(Sampler):
         return StepOutput(x_p, x0)
 
 
-SAMPLERS = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpm++": DPMSolverPP2MSampler}
+SAMPLERS = {cls.name: cls for cls in (DDPMSampler, DDIMSampler, DPMSolverPP2MSampler)}
 
 
 def make_sampler(name: str, schedule: NoiseSchedule, num_steps: int | None = None,
@@ -442,144 +448,45 @@ def _labels_array(labels, n: int, null_label: int | None) -> mx.array | None:
 
 def sample(
     model: Callable,
-    schedule: NoiseSchedule,
-    sampler_name: str = "ddim",
-    n: int = 16,
-    image_size: int = 32,
-    steps: int = 50,
+    sampler: Sampler,
+    shape: Sequence[int],
     labels: int | Sequence[int] | None = None,
     guidance: float = 1.0,
-    eta: float = 0.0,
-    seed: int = 0,
-    prediction: str = "eps",
     null_label: int | None = None,
-    spacing: str | None = None,
-    clip_x0: bool = True,
+    seed: int = 0,
     batch_size: int = 64,
     progress: bool = False,
 ) -> np.ndarray:
-    """Generate `n` RGB images with a named sampler; returns uint8 numpy (n, H, W, 3).
+    """Generate images of `shape` (N, H, W, 3) with `sampler`; returns them as uint8 numpy.
 
-    `labels`: None (unconditional), one style index for all, or one per image; with
-    `guidance` != 1, `null_label` (the model's num_classes) is required. `eta` is DDIM's
-    (only "ddim" accepts eta != 0). Images are made `batch_size` at a time, each batch
-    evaluated step by step; the same arguments (seed and batch_size included) give the
-    same images.
+    `sampler` carries its own settings (timesteps, prediction type, clipping, eta). `labels`:
+    None (unconditional), one class index for all, or one per image; with `guidance` != 1,
+    `null_label` (the model's num_classes) is required (see `guided_output`). Images are made
+    `batch_size` at a time, each batch evaluated step by step; the same arguments (seed and
+    batch_size included) give the same images.
     """
-    if sampler_name != "ddim" and eta != 0:
-        raise ValueError(f"eta applies only to the ddim sampler, not {sampler_name!r}")
-    for name, value in (("n", n), ("image_size", image_size), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    kwargs = {"eta": eta} if sampler_name == "ddim" else {}
-    sampler = make_sampler(sampler_name, schedule, steps, spacing, prediction=prediction,
-                           clip_x0=clip_x0, **kwargs)
+    shape = tuple(shape)
+    if len(shape) != 4 or not all(_is_count(d) for d in shape):
+        raise ValueError(f"shape must be 4 integers >= 1 (N, H, W, C), got {shape!r}")
+    if not _is_count(batch_size):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    n = shape[0]
     y_all = _labels_array(labels, n, null_label)
     starts = range(0, n, batch_size)
     keys = mx.random.split(mx.random.key(seed), len(starts))
     images = []
-    with tqdm(total=len(starts) * len(sampler.timesteps), desc=f"{sampler_name} sampling",
+    with tqdm(total=len(starts) * len(sampler.timesteps), desc=f"{sampler.name} sampling",
               disable=not progress) as bar:
         for key, start in zip(keys, starts, strict=True):
             b = min(batch_size, n - start)
             y = None if y_all is None else y_all[start:start + b]
-            for out in generate(model, sampler, (b, image_size, image_size, 3), y, guidance, key,
-                                null_label):
+            for out in generate(model, sampler, (b, *shape[1:]), y, guidance, key, null_label):
                 mx.eval(out.prev_sample)
                 bar.update()
             images.append(to_uint8(out.prev_sample))
     return np.concatenate(images)
 
 
-# --------------------------------------------------------------------------- trained checkpoints
-
-# Defaults of the `sample` and `evaluate` commands and of notebook 04's gallery, from `evaluate`-style
-# measurements (n = 256, w = 2) on a `quick`-preset model: DPM-Solver++(2M) at 10 or 20 steps reached
-# KID at its real-vs-real floor with style accuracy 0.96, DDIM at 50 steps not yet (KID 0.28 +- 0.30);
-# DDPM at 100 steps did as well as DPM-Solver++ at five times the cost. Notebook 04 plots the sweep.
-DEFAULT_SAMPLER = "dpm++"
-DEFAULT_STEPS = {"ddpm": 100, "ddim": 50, "dpm++": 20}
-DEFAULT_GUIDANCE = 3.0  # w: style accuracy 0.98 against 0.96 at w = 2 and 0.95 at 1.5, KID within noise
-
-
-def style_labels(n: int, num_classes: int, style: int | None = None) -> np.ndarray:
-    """Labels (n,) int64 to sample a model with `num_classes` classes (0 = unconditional).
-
-    `style` given: n copies of it. Otherwise every class evenly, in blocks in class order (the
-    first n % C classes get one image more), so with n a multiple of C a grid of n / C images
-    per row shows one class per row. An unconditional model gets -1 ("no label") everywhere.
-    """
-    if num_classes == 0:
-        return np.full(n, -1, np.int64)
-    if style is not None:
-        return np.full(n, style, np.int64)
-    return np.sort(np.arange(n) % num_classes).astype(np.int64)
-
-
-def style_index(style: str | int, class_names: Sequence[str]) -> int:
-    """A class name (or index) of a model -> its label; ValueError listing the valid names."""
-    if not class_names:
-        raise ValueError("this model is unconditional (trained without styles): sample it without a style")
-    if isinstance(style, str) and style in class_names:
-        return list(class_names).index(style)
-    if isinstance(style, (int, np.integer)) and not isinstance(style, bool) and 0 <= style < len(class_names):
-        return int(style)
-    raise ValueError(f"unknown style {style!r}; this model knows {', '.join(class_names)}")
-
-
-def sampling_settings(info: dict, sampler_name: str = DEFAULT_SAMPLER, steps: int | None = None,
-                      guidance: float | None = None) -> dict:
-    """The settings `sample_model` uses: {"sampler", "steps", "guidance"} with defaults filled in.
-
-    `steps=None` is `DEFAULT_STEPS[sampler_name]`; `guidance=None` is `DEFAULT_GUIDANCE` for a
-    class-conditional checkpoint (`info["num_classes"]` > 0) and 1 (no guidance) for an
-    unconditional one, which cannot be guided.
-    """
-    if sampler_name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler_name!r}; choose one of {', '.join(SAMPLERS)}")
-    conditional = info["num_classes"] > 0
-    if not conditional and guidance not in (None, 1, 1.0):
-        raise ValueError("classifier-free guidance needs a model trained with styles; this one has none")
-    return {
-        "sampler": sampler_name,
-        "steps": DEFAULT_STEPS[sampler_name] if steps is None else steps,
-        "guidance": (DEFAULT_GUIDANCE if conditional else 1.0) if guidance is None else guidance,
-    }
-
-
-def sample_model(
-    model: Callable,
-    schedule: NoiseSchedule,
-    info: dict,
-    n: int = 16,
-    style: str | int | None = None,
-    sampler_name: str = DEFAULT_SAMPLER,
-    steps: int | None = None,
-    eta: float = 0.0,
-    guidance: float | None = None,
-    seed: int = 0,
-    batch_size: int = 64,
-    progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Images from a loaded checkpoint: uint8 (n, S, S, 3) and their labels (n,) int64.
-
-    `model, schedule, info` are what `checkpoint.load_model` returns (info: class_names,
-    num_classes, null_label, prediction, image_size). `style`: a class name or index, or None
-    for every class evenly (`style_labels`); labels are -1 for an unconditional model.
-    `steps=None` and `guidance=None` take the defaults of `sampling_settings`. The same
-    arguments give the same images.
-    """
-    settings = sampling_settings(info, sampler_name, steps, guidance)
-    class_names = tuple(info["class_names"]) if info["num_classes"] else ()
-    label = None if style is None else style_index(style, class_names)
-    for name, value, low in (("n", n, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    labels = style_labels(n, len(class_names), label)
-    images = sample(
-        model, schedule, sampler_name, n=n, image_size=info["image_size"], steps=settings["steps"],
-        labels=labels if class_names else None, guidance=settings["guidance"], eta=eta, seed=seed,
-        prediction=info["prediction"], null_label=info.get("null_label"), batch_size=batch_size,
-        progress=progress,
-    )  # fmt: skip
-    return images, labels
+def _is_count(value) -> bool:
+    """An integer >= 1 (Python or numpy), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1

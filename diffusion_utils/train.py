@@ -518,9 +518,10 @@ class Trainer:
         return model
 
     @property
-    def info(self) -> dict:
-        """The `info` dict that `checkpoint.load_model` returns for this run (for the samplers)."""
-        return checkpoint.model_info(self.config.to_dict(), self.dataset.class_names, self.step)
+    def info(self) -> checkpoint.ModelInfo:
+        """What `checkpoint.load_model` would say about this run's model now (for the samplers)."""
+        config, names = self.config.to_dict(), self.dataset.class_names
+        return checkpoint.ModelInfo.from_train_config(config, names, self.step)
 
     def preview(self, per_class: int = 4, seed: int = 0) -> np.ndarray:
         """Samples from the EMA weights with the samplers' defaults, uint8 (n, H, W, 3).
@@ -528,10 +529,10 @@ class Trainer:
         `per_class` images of each class in class order (16 for an unconditional model). The
         same `seed` every time, so successive previews show the same noise being denoised.
         """
-        from diffusion_utils import samplers  # imported here: only previews need the samplers
+        from diffusion_utils import pipeline  # imported here: only previews need the samplers
 
         classes = self.config.unet.num_classes
-        images, _ = samplers.sample_model(self.ema_model(), self.schedule, self.info,
+        images, _ = pipeline.sample_model(self.ema_model(), self.schedule, self.info,
                                           n=per_class * classes if classes else 16, seed=seed)
         return images
 

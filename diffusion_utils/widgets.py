@@ -17,7 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from diffusion_utils import data, samplers, schedules, viz
+from diffusion_utils import data, pipeline, samplers, schedules, viz
+from diffusion_utils.checkpoint import ModelInfo
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -197,11 +198,11 @@ ALL_STYLES = "(every style)"  # the style menu's entry for one image of each sty
 def update_sampler_view(
     model,
     schedule: schedules.NoiseSchedule,
-    info: dict,
-    sampler: str = samplers.DEFAULT_SAMPLER,
-    steps: int = samplers.DEFAULT_STEPS[samplers.DEFAULT_SAMPLER],
+    info: ModelInfo,
+    sampler: str = pipeline.DEFAULT_SAMPLER,
+    steps: int = pipeline.DEFAULT_STEPS[pipeline.DEFAULT_SAMPLER],
     eta: float = 0.0,
-    guidance: float = samplers.DEFAULT_GUIDANCE,
+    guidance: float = pipeline.DEFAULT_GUIDANCE,
     style: str = ALL_STYLES,
     seed: int = 0,
     n: int = 8,
@@ -215,7 +216,7 @@ def update_sampler_view(
     """
     start = time.perf_counter()
     try:
-        images, _ = samplers.sample_model(
+        images, _ = pipeline.sample_model(
             model, schedule, info, n=int(n), style=None if style == ALL_STYLES else style,
             sampler_name=sampler, steps=int(steps), eta=eta if sampler == "ddim" else 0.0,
             guidance=guidance, seed=int(seed),
@@ -223,7 +224,7 @@ def update_sampler_view(
     except ValueError as err:
         return _message_figure("These settings make no samples", str(err))
     seconds = time.perf_counter() - start
-    evaluations = int(steps) * (2 if guidance not in (0, 1) and info["num_classes"] else 1)
+    evaluations = int(steps) * (2 if guidance not in (0, 1) and info.num_classes else 1)
     fig = viz.show_images(images, nrow=min(int(n), 8), scale=1.4)
     fig.suptitle(
         f"{sampler}, {int(steps)} steps" + (f", eta {eta:g}" if sampler == "ddim" else "")
@@ -233,8 +234,8 @@ def update_sampler_view(
     return fig
 
 
-def sampler_explorer(model, schedule: schedules.NoiseSchedule, info: dict, n: int = 8,
-                     steps: int = samplers.DEFAULT_STEPS[samplers.DEFAULT_SAMPLER]):
+def sampler_explorer(model, schedule: schedules.NoiseSchedule, info: ModelInfo, n: int = 8,
+                     steps: int = pipeline.DEFAULT_STEPS[pipeline.DEFAULT_SAMPLER]):
     """Controls for sampler, steps, eta, guidance, style and seed that redraw `update_sampler_view`.
 
     `n` images per view; `steps` is the slider's starting value. Sampling takes seconds, so the
@@ -244,15 +245,15 @@ def sampler_explorer(model, schedule: schedules.NoiseSchedule, info: dict, n: in
 
     style = {"description_width": "7em"}
     layout = w.Layout(width="30em")
-    names = list(info["class_names"]) if info["num_classes"] else []
+    names = list(info.styles)
     controls = {
-        "sampler": w.Dropdown(options=list(samplers.SAMPLERS), value=samplers.DEFAULT_SAMPLER,
+        "sampler": w.Dropdown(options=list(samplers.SAMPLERS), value=pipeline.DEFAULT_SAMPLER,
                               description="sampler", style=style),
         "steps": w.IntSlider(value=steps, min=1, max=100,
                              description="steps", continuous_update=False, style=style, layout=layout),
         "eta": w.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.1, description="eta (ddim)",
                              continuous_update=False, style=style, layout=layout),
-        "guidance": w.FloatSlider(value=samplers.DEFAULT_GUIDANCE if names else 1.0, min=0.0, max=8.0,
+        "guidance": w.FloatSlider(value=pipeline.DEFAULT_GUIDANCE if names else 1.0, min=0.0, max=8.0,
                                   step=0.5, description="guidance w", continuous_update=False,
                                   style=style, layout=layout, disabled=not names),
         "style": w.Dropdown(options=[ALL_STYLES, *names], value=ALL_STYLES, description="style",

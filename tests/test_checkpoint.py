@@ -32,9 +32,10 @@ def run(tmp_path_factory):
 def test_round_trip_load_model(run):
     trainer, out = run
     model, schedule, info = checkpoint.load_model(out)
-    assert info["step"] == 4 and info["prediction"] == "eps" and info["image_size"] == 16
-    assert info["class_names"] == data.STYLES and info["num_classes"] == info["null_label"] == 8
-    assert info["config"] == trainer.config.to_dict()
+    assert info.step == 4 and info.prediction == "eps" and info.image_size == 16
+    assert info.class_names == info.styles == data.STYLES and info.num_classes == info.null_label == 8
+    assert info.train_config == trainer.config.to_dict() and info.ema
+    assert info == replace(trainer.info, path=info.path)  # the trainer describes the same model
     assert schedule.to_config() == trainer.schedule.to_config()
     loaded, ema = _flat(model.parameters()), _flat(trainer.ema)
     assert loaded.keys() == ema.keys()
@@ -100,14 +101,14 @@ def test_crash_mid_write_keeps_the_previous_checkpoint(run, tmp_path, monkeypatc
         trainer.run(steps=6, progress=False)  # step 6 trains, then its checkpoint write dies
     monkeypatch.undo()
     model, _, info = checkpoint.load_model(copy)
-    assert info["step"] == 5 and len(calls) == 1
+    assert info.step == 5 and len(calls) == 1
     after = _flat(model.parameters())
     assert all(np.array_equal(before[k], after[k]) for k in before)
     # killed between the two renames: only checkpoint.prev exists, and it is found
     (copy / "checkpoint").rename(copy / "checkpoint.prev")
-    assert checkpoint.load_model(copy)[2]["step"] == 5
+    assert checkpoint.load_model(copy)[2].step == 5
     trainer.save()  # the next save completes the swap and cleans up
-    assert checkpoint.load_model(copy)[2]["step"] == 6
+    assert checkpoint.load_model(copy)[2].step == 6
     assert sorted(p.name for p in copy.iterdir()) == [files.LOCK_FILE, "checkpoint", "train.log"]
 
 

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-from diffusion_utils import data, samplers
+from diffusion_utils import data
 
 import numpy as np
 import pytest
@@ -141,13 +141,6 @@ def test_evaluate_json_reports_metrics_and_settings(ckpt, tmp_path):
 def test_evaluate_rejects_bad_values(ckpt):
     assert_one_line_error(run_cli("evaluate", "--checkpoint", ckpt, "--n", 3), "n must be an integer >= 4")
     assert_one_line_error(run_cli("evaluate", "--checkpoint", ckpt, "--eta", 1), "--eta applies only")
-
-
-def test_style_labels_fill_rows_in_class_order():
-    assert samplers.style_labels(6, 3).tolist() == [0, 0, 1, 1, 2, 2]
-    assert samplers.style_labels(4, 3).tolist() == [0, 0, 1, 2]  # the first n % C get one more
-    assert samplers.style_labels(3, 3, style=2).tolist() == [2, 2, 2]
-    assert samplers.style_labels(3, 0).tolist() == [-1, -1, -1]  # unconditional
 
 
 def test_sampler_view_callback_draws_a_grid_or_says_why(ckpt):

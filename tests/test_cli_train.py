@@ -15,7 +15,7 @@ def test_train_then_refuse_overwrite_then_resume(tmp_path):
     done = _train("--preset", "smoke", "--out", "run", "--steps", "3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "step 3: checkpoint in run/checkpoint" in done.stdout
-    assert checkpoint.load_model(tmp_path / "run")[2]["step"] == 3
+    assert checkpoint.load_model(tmp_path / "run")[2].step == 3
     assert (tmp_path / "run" / "train.log").is_file()
 
     again = _train("--preset", "smoke", "--out", "run", cwd=tmp_path)
@@ -25,7 +25,7 @@ def test_train_then_refuse_overwrite_then_resume(tmp_path):
 
     resumed = _train("--preset", "smoke", "--out", "run", "--resume", "--steps", "5", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert checkpoint.load_model(tmp_path / "run")[2]["step"] == 5
+    assert checkpoint.load_model(tmp_path / "run")[2].step == 5
 
     back = _train("--preset", "smoke", "--out", "run", "--resume", "--steps", "4", cwd=tmp_path)
     assert back.returncode == 2 and "already at step 5" in back.stderr and "Traceback" not in back.stderr

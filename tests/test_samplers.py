@@ -340,11 +340,11 @@ def test_guided_sampling_matches_the_right_distribution(linear, classes):
 # --------------------------------------------------------------------------- sample()
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm++"])
 def test_sample_returns_reproducible_uint8(linear, classes, name):
-    kwargs = dict(n=5, image_size=4, steps=8, labels=[0, 1, 0, 1, 1], guidance=2.0, null_label=2,
-                  batch_size=2)
-    images = sample(classes, linear, name, seed=3, **kwargs)
+    sampler = make_sampler(name, linear, 8)
+    kwargs = dict(labels=[0, 1, 0, 1, 1], guidance=2.0, null_label=2, batch_size=2)
+    images = sample(classes, sampler, (5, 4, 4, 3), seed=3, **kwargs)
     assert images.dtype == np.uint8 and images.shape == (5, 4, 4, 3)
-    assert np.array_equal(images, sample(classes, linear, name, seed=3, **kwargs))
-    assert not np.array_equal(images, sample(classes, linear, name, seed=4, **kwargs))
+    assert np.array_equal(images, sample(classes, sampler, (5, 4, 4, 3), seed=3, **kwargs))
+    assert not np.array_equal(images, sample(classes, sampler, (5, 4, 4, 3), seed=4, **kwargs))
     # class 0 data sits at -0.5 (pixel ~64), class 1 at +0.5 (pixel ~191)
     assert images[[0, 2]].mean() < 100 < 160 < images[[1, 3, 4]].mean()

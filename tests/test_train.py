@@ -159,6 +159,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     step = int(message.split(" at step ")[1].split(":")[0])
     assert step >= 2 and f"step {step - 1}) is intact" in message
     model, _, info = checkpoint.load_model(run)
-    assert info["step"] == step - 1
+    assert info.step == step - 1
     assert all(math.isfinite(float(mx.sum(p))) for _, p in tree_flatten(model.parameters()))
     assert "stopped: loss became" in (run / "train.log").read_text()
