@@ -1,11 +1,11 @@
-"""Profile the UNet's building blocks on this machine: plain MLX, `diffusion_utils.layers`, PyTorch.
+"""Profile the UNet's building blocks on this machine: plain MLX, `diffusion_utils.cpu.layers`, PyTorch.
 
     .venv/bin/python benchmarks/profile_layers.py [--threads 1] [--batch 64] [--rounds 7] [--only conv ...]
 
 For each op at the shapes the presets use, times the forward pass (eager, as in sampling) and
 forward+backward (value_and_grad under mx.compile, as in the train step; PyTorch: backward())
 of every variant, interleaved round by round
-(`diffusion_utils.bench.time_interleaved`), and prints the median CPU time of this process
+(`harness.time_interleaved`), and prints the median CPU time of this process
 (robust to load from other processes) next to the wall time. Every MLX variant is first
 checked against the plain MLX op (values and gradients). `--model quick` adds a per-layer
 CPU-time breakdown of one eager forward pass of that preset's UNet.
@@ -19,9 +19,10 @@ import time
 from dataclasses import replace
 
 import diffusion_utils  # noqa: F401  (fast BLAS before mlx.core)
-from diffusion_utils import backend, bench, data, parallel, train, unet
-from diffusion_utils.cpu import layers
+from diffusion_utils import styles, train, unet
+from diffusion_utils.cpu import blas, layers, streams
 
+import harness as bench
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -179,7 +180,7 @@ def profile_ops(batch, rounds, only):
 
 def profile_model(preset, batch):
     """CPU time per layer type of one eager forward pass of `preset`'s UNet (each layer evaluated alone)."""
-    config = replace(train.PRESETS[preset].unet, num_classes=len(data.STYLES))
+    config = replace(train.PRESETS[preset].unet, num_classes=len(styles.STYLES))
     totals, counts = collections.Counter(), collections.Counter()
 
     def timed(kind, fn):
@@ -229,7 +230,8 @@ def compare_model(preset, rounds):
     The plain variant is the same code with the layers' GPU guard forced on, i.e. exactly the
     mlx.nn layers (and `mx.softmax`); CPU time medians.
     """
-    config = train.get_preset(preset, unet=replace(train.PRESETS[preset].unet, num_classes=len(data.STYLES)))
+    unet_config = replace(train.PRESETS[preset].unet, num_classes=len(styles.STYLES))
+    config = train.get_preset(preset, unet=unet_config)
     variants = {}
     for plain in (False, True):
         def with_mode(fn, plain=plain):
@@ -265,16 +267,16 @@ def main():
     parser.add_argument("--model", help="also break down one forward pass of this preset's UNet, and "
                         "time its train step and sampling forward with and without `layers`")
     args = parser.parse_args()
-    threads = backend.set_blas_threads(args.threads) if args.threads else backend.blas_threads()
-    parallel.set_workers(1)  # one stream: these tables time single ops
+    threads = blas.set_blas_threads(args.threads) if args.threads else blas.blas_threads()
+    streams.set_workers(1)  # one stream: these tables time single ops
     try:
         import torch
 
         torch.set_num_threads(threads)
     except ImportError:
         pass
-    print(f"MLX {mx.__version__} on {mx.default_device()}, BLAS {diffusion_utils.backend.blas_in_use()}, "
-          f"{threads} threads, sgemm {diffusion_utils.backend.sgemm_gflops():.0f} GFLOP/s")
+    print(f"MLX {mx.__version__} on {mx.default_device()}, BLAS {blas.blas_in_use()}, "
+          f"{threads} threads, sgemm {blas.sgemm_gflops():.0f} GFLOP/s")
     profile_ops(args.batch, args.rounds, args.only)
     if args.model:
         profile_model(args.model, args.batch)

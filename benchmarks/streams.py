@@ -1,4 +1,4 @@
-"""One stream with a multi-threaded OpenBLAS vs a stream per core (`parallel.py`), in one run.
+"""One stream with a multi-threaded OpenBLAS vs a stream per core (`cpu/streams.py`), in one run.
 
     .venv/bin/python benchmarks/streams.py [--preset quick full] [--repeats 7]
 
@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 
 import diffusion_utils  # noqa: F401  (fast BLAS before mlx.core)
-from diffusion_utils import bench, parallel, train
+from diffusion_utils import train
+from diffusion_utils.cpu import streams
+
+import harness as bench
 
 
 def main() -> None:
@@ -21,7 +24,7 @@ def main() -> None:
     parser.add_argument("--preset", nargs="+", default=["quick", "full"])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    cores = parallel.cpu_cores()
+    cores = streams.cpu_cores()
     print(f"{cores} cores; images/s")
     print("| preset | phase | 1 stream, OpenBLAS on all cores | a stream per core | speed-up |")
     print("|---|---|---|---|---|")
@@ -29,12 +32,12 @@ def main() -> None:
         config = train.get_preset(name)
         cases = {}
         for count in (1, cores):
-            parallel.set_workers(count)  # make_train_step picks its form when built
+            streams.set_workers(count)  # make_fastest_train_step picks its form when built
             cases[count] = bench._MLXCase(config, bench.SAMPLE_BATCH)
         for phase, batch in (("train", config.batch_size), ("sample", bench.SAMPLE_BATCH)):
             def variant(count, fn):
                 def run():
-                    parallel.set_workers(count)
+                    streams.set_workers(count)
                     fn()
                 return run
 
@@ -46,7 +49,7 @@ def main() -> None:
                     seconds[count].append(timed[count]["wall"])
             one, many = (2 * batch / sum(seconds[c]) for c in (1, cores))
             print(f"| {name} | {phase} | {one:.1f} | {many:.1f} | {many / one:.2f}x |")
-    parallel.set_workers()
+    streams.set_workers()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ Images and latents are channels-last, `(B, H, W, C)`. Layers are plain `mlx.nn` 
 GroupNorm with PyTorch's grouping, SiLU); down- and upsampling are a 2x2 average pool / nearest
 repeat followed by a 3x3 conv, because stride-2 and transposed convs take slow paths in MLX on
 CPU. `train_autoencoder` and `load_autoencoder` swap the layers for their faster CPU versions
-(`diffusion_utils.cpu.use_fast_cpu_layers`, same parameters; nothing on a GPU).
+(`diffusion_utils.cpu.layers.use_fast_cpu_layers`, same parameters; nothing on a GPU).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from functools import partial
 from pathlib import Path
 
 from diffusion_utils import checkpoint, data
-from diffusion_utils.cpu import use_fast_cpu_layers
+from diffusion_utils.cpu.layers import use_fast_cpu_layers
 from diffusion_utils.train import make_optimizer, random_key, set_random_key
 from diffusion_utils.unet import parameter_count
 

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffusion_utils.cpu import use_fast_cpu_layers
+from diffusion_utils.cpu.layers import use_fast_cpu_sampling
 from diffusion_utils.files import fsync_path
 from diffusion_utils.schedules import NoiseSchedule
 from diffusion_utils.unet import UNet, UNetConfig
@@ -225,9 +225,10 @@ def load_weights(model: UNet, directory: Path, config: dict, name: str) -> UNet:
 
 
 def build_model(directory: Path, config: dict) -> UNet:
-    """A freshly initialised UNet with the architecture stored in config.json."""
+    """A freshly initialised UNet with the architecture stored in config.json, ready to sample on this
+    machine (`use_fast_cpu_sampling`: nothing on a GPU)."""
     try:
-        return use_fast_cpu_layers(UNet(UNetConfig.from_dict(config["train_config"]["unet"])))
+        return use_fast_cpu_sampling(UNet(UNetConfig.from_dict(config["train_config"]["unet"])))
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{directory / CONFIG_FILE}: bad UNet config ({err})") from None
 

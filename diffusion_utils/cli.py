@@ -18,10 +18,9 @@ import sys
 import time
 
 import diffusion_utils  # noqa: F401  (sets up the fast BLAS before mlx.core is imported)
-from diffusion_utils import samplers
-from diffusion_utils.data import DATA_DIR
+from diffusion_utils import pipeline, samplers
+from diffusion_utils.paths import SHIPPED_MODEL_DIR
 
-SHIPPED_MODEL = DATA_DIR / "pretrained" / "styles32"  # default of sample/evaluate, notebook 04, README
 MAX_SAMPLES = 10_000  # per sample/evaluate call: ~30 MB of 32x32 images; more is several calls (seeds)
 MAX_SEED = 2**64 - 1  # MLX's random seed is an unsigned 64-bit integer
 
@@ -39,7 +38,8 @@ def _print_json(result: dict) -> None:
 
 
 def _cmd_doctor(args) -> int:
-    from diffusion_utils import backend, distributed, parallel
+    from diffusion_utils import distributed
+    from diffusion_utils.cpu import blas, streams
 
     import mlx.core as mx
 
@@ -49,9 +49,9 @@ def _cmd_doctor(args) -> int:
         "python": platform.python_version(),
         "mlx": mx.__version__,
         "device": str(mx.default_device()),
-        "blas": backend.blas_in_use(),
-        "sgemm_gflops": round(backend.sgemm_gflops(), 1),  # before `workers()` sets OpenBLAS's threads
-        "streams": parallel.workers(),  # a slice of each batch per stream (1 on a GPU)
+        "blas": blas.blas_in_use(),
+        "sgemm_gflops": round(blas.sgemm_gflops(), 1),  # before `workers()` sets OpenBLAS's threads
+        "streams": streams.workers(),  # a slice of each batch per stream (1 on a GPU)
         "rank": world.rank,  # this process among those started by mlx.launch (0 without it)
         "world_size": world.size,
     }
@@ -75,12 +75,12 @@ def _checkpoint_path(path: str | None) -> str:
     """--checkpoint, or the shipped model with a hint when this checkout lacks it."""
     if path is not None:
         return path
-    if not SHIPPED_MODEL.exists():
+    if not SHIPPED_MODEL_DIR.exists():
         raise FileNotFoundError(
-            f"the shipped model {SHIPPED_MODEL} is not in this checkout; pass --checkpoint DIR "
+            f"the shipped model {SHIPPED_MODEL_DIR} is not in this checkout; pass --checkpoint DIR "
             "(train one with: python -m diffusion_utils train --preset quick --out DIR)"
         )
-    return str(SHIPPED_MODEL)
+    return str(SHIPPED_MODEL_DIR)
 
 
 def _check_sampling(args) -> float:
@@ -117,21 +117,21 @@ def _cmd_sample(args) -> int:
     eta = _check_sampling(args)
     out, npz = _output_paths(args)
     model, schedule, info = checkpoint.load_model(_checkpoint_path(args.checkpoint))
-    class_names = info["class_names"] if info["num_classes"] else ()
-    settings = samplers.sampling_settings(info, args.sampler, args.steps, args.guidance)
+    class_names = info.styles
+    settings = pipeline.sampling_settings(info, args.sampler, args.steps, args.guidance)
     one_row_per_style = bool(class_names) and args.style is None
     n = args.n if args.n is not None else (4 * len(class_names) if one_row_per_style else 16)
     start = time.perf_counter()
-    images, labels = samplers.sample_model(
-        model, schedule, info, n=n, style=args.style, sampler_name=args.sampler, steps=settings["steps"],
-        eta=eta, guidance=settings["guidance"], seed=args.seed, progress=True,
+    images, labels = pipeline.sample_model(
+        model, schedule, info, n=n, style=args.style, sampler_name=args.sampler, steps=settings.steps,
+        eta=eta, guidance=settings.guidance, seed=args.seed, progress=True,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     rows = one_row_per_style and n % len(class_names) == 0
     viz.save_grid(images, out, nrow=n // len(class_names) if rows else None)
     what = args.style or ("every style" if class_names else "unconditional")
-    print(f"{n} images ({what}) with {args.sampler}, {settings['steps']} steps, guidance "
-          f"{settings['guidance']:g}, seed {args.seed} in {seconds:.1f} s -> {args.out}")
+    print(f"{n} images ({what}) with {args.sampler}, {settings.steps} steps, guidance "
+          f"{settings.guidance:g}, seed {args.seed} in {seconds:.1f} s -> {args.out}")
     if rows:
         print("rows, top to bottom: " + ", ".join(class_names))
     if npz is not None:
@@ -141,14 +141,14 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from diffusion_utils import evaluate
+    from diffusion_utils import metrics
 
-    report = evaluate.evaluate_checkpoint(
+    report = metrics.evaluate_checkpoint(
         _checkpoint_path(args.checkpoint), n=args.n, sampler_name=args.sampler, steps=args.steps,
         eta=_check_sampling(args), guidance=args.guidance, seed=args.seed, cache_dir=args.classifier_dir,
         progress=True,
     )  # fmt: skip
-    print(evaluate.format_report(report))
+    print(metrics.format_report(report))
     if args.json:
         _print_json(report)
     return 0
@@ -180,9 +180,24 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_bench(args) -> int:
-    from diffusion_utils import bench
+def _load_bench_harness():
+    """`benchmarks/harness.py` of the repository (a clone or an editable install has it)."""
+    import importlib.util
 
+    from diffusion_utils.paths import BENCHMARKS_DIR
+
+    path = BENCHMARKS_DIR / "harness.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"bench needs {path} (the benchmark harness ships with a clone of the "
+                                "repository: run it from one, with `pip install -e .`)")
+    spec = importlib.util.spec_from_file_location("harness", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cmd_bench(args) -> int:
+    bench = _load_bench_harness()
     report = bench.run_bench(
         args.preset or bench.DEFAULT_PRESETS, repeats=args.repeats, warmup=args.warmup,
         sample_batch=args.sample_batch, batch_size=args.batch, use_torch=not args.no_torch,
@@ -195,15 +210,28 @@ def _cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `python -m diffusion_utils` parser: one sub-command per `_add_*` function below."""
     parser = argparse.ArgumentParser(
         prog="python -m diffusion_utils", description="Diffusion models from scratch in MLX."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_doctor(sub)
+    _add_notebooks(sub)
+    _add_train(sub)
+    sampling = _sampling_options()
+    _add_sample(sub, sampling)
+    _add_evaluate(sub, sampling)
+    _add_bench(sub)
+    return parser
 
+
+def _add_doctor(sub) -> None:
     doctor = sub.add_parser("doctor", help="platform, MLX device, BLAS in use and its speed")
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
     doctor.set_defaults(func=_cmd_doctor)
 
+
+def _add_notebooks(sub) -> None:
     notebooks = sub.add_parser("notebooks", help="execute the notebook series headless")
     notebooks.add_argument("--out", default="outputs", help="folder for executed copies and images")
     notebooks.add_argument("--fast", action="store_true", help="fast mode (TUTORIAL_FAST=1)")
@@ -212,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     notebooks.set_defaults(func=_cmd_notebooks)
 
+
+def _add_train(sub) -> None:
     from diffusion_utils.train import PRESETS
 
     train = sub.add_parser(
@@ -251,20 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     train.set_defaults(func=_cmd_train)
 
-    sampling = argparse.ArgumentParser(add_help=False)  # the options sample and evaluate share
+
+def _sampling_options() -> argparse.ArgumentParser:
+    """The options `sample` and `evaluate` share (a parent parser)."""
+    sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument(
         "--checkpoint", metavar="PATH",
         help="checkpoint directory or training run folder (default: the shipped data/pretrained/styles32)",
     )  # fmt: skip
     sampling.add_argument(
-        "--sampler", choices=list(samplers.SAMPLERS), default=samplers.DEFAULT_SAMPLER,
-        help=f"reverse process (default {samplers.DEFAULT_SAMPLER}: DPM-Solver++(2M) is as good at 10-20 "
+        "--sampler", choices=list(samplers.SAMPLERS), default=pipeline.DEFAULT_SAMPLER,
+        help=f"reverse process (default {pipeline.DEFAULT_SAMPLER}: DPM-Solver++(2M) is as good at 10-20 "
         "steps as ddpm at 100, and better than ddim at 50)",
     )  # fmt: skip
     sampling.add_argument(
         "--steps", type=int, metavar="K",
         help="sampling steps, one network call each (default per sampler: "
-        + ", ".join(f"{name} {k}" for name, k in samplers.DEFAULT_STEPS.items()) + "); at most T",
+        + ", ".join(f"{name} {k}" for name, k in pipeline.DEFAULT_STEPS.items()) + "); at most T",
     )  # fmt: skip
     sampling.add_argument(
         "--eta", type=float, metavar="E",
@@ -273,11 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument(
         "--guidance", type=float, metavar="G",
         help=f"classifier-free guidance scale w >= 0: 0 unconditional, 1 plain conditional, >1 more "
-        f"typical of the style, less varied (default {samplers.DEFAULT_GUIDANCE:g} for a model trained "
+        f"typical of the style, less varied (default {pipeline.DEFAULT_GUIDANCE:g} for a model trained "
         "with styles: the best measured style accuracy, KID unchanged within its noise)",
     )  # fmt: skip
     sampling.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    return sampling
 
+
+def _add_sample(sub, sampling: argparse.ArgumentParser) -> None:
     sample = sub.add_parser(
         "sample", parents=[sampling], help="generate images from a checkpoint into a PNG grid",
         description="Generate images from a trained checkpoint and save them as an enlarged PNG grid.",
@@ -296,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sample.set_defaults(func=_cmd_sample)
 
+
+def _add_evaluate(sub, sampling: argparse.ArgumentParser) -> None:
     evaluate = sub.add_parser(
         "evaluate", parents=[sampling], help="style accuracy, KID and memorisation of a checkpoint",
         description="Sample n images evenly over the styles and measure them with this project's style "
@@ -309,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     evaluate.add_argument("--json", action="store_true", help="also print one JSON object (last line)")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+
+def _add_bench(sub) -> None:
+    from diffusion_utils.train import PRESETS
 
     bench = sub.add_parser(
         "bench", help="training and sampling speed of the presets, MLX next to PyTorch",
@@ -337,7 +379,6 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="also print one JSON object (last line)")
     bench.set_defaults(func=_cmd_bench)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,8 @@ Three ways to run the reverse process, each a small object with `set_timesteps`,
 - `DPMSolverPP2MSampler`: DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++",
   arXiv:2211.01095, Algorithm 2), a second-order multistep ODE solver in log-SNR time,
   good at 10-20 steps.
-- `guided`: classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598).
+- `classifier_free_guidance`, `guided_output`: classifier-free guidance (Ho & Salimans 2022,
+  arXiv:2207.12598).
 - `generate` yields every step lazily; `sample` returns uint8 images.
 
 Notation (index t = 0 .. T-1 is the paper's t = 1 .. T; "t = -1" is clean data, abar = 1):
@@ -35,15 +36,13 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
-from diffusion_utils import parallel
 from diffusion_utils.data import to_uint8
-from diffusion_utils.schedules import NoiseSchedule
+from diffusion_utils.schedules import PREDICTIONS, NoiseSchedule
 
 import mlx.core as mx
 import numpy as np
 from tqdm.auto import tqdm
 
-PREDICTIONS = ("eps", "v")
 # Timestep spacings: the first three are those of Lin et al. 2023 ("Common Diffusion Noise
 # Schedules and Sample Steps are Flawed", arXiv:2305.08891, table 2), "logsnr" is DPM-Solver's
 # (Lu et al. 2022, arXiv:2206.00927: equal steps in log-SNR). See `make_timesteps`.
@@ -112,8 +111,8 @@ class Sampler:
         clip_x0: clip the predicted x0 to [-1, 1], the data range, before using it
             (Ho et al.'s `clip_denoised`); eps is then recomputed to match the clipped x0.
     """
-    name = "sampler"  # each subclass: the name `make_sampler` and the CLI know it by
 
+    name = "sampler"  # each subclass: the name `make_sampler` and the CLI know it by
     default_spacing = "trailing"
 
     def __init__(self, schedule: NoiseSchedule, prediction: str = "eps", clip_x0: bool = True):
@@ -124,8 +123,7 @@ class Sampler:
         self.schedule = schedule
         self.prediction = prediction
         self.clip_x0 = clip_x0
-        # abar in float64 from the betas: 1 - abar_t / abar_p stays exact for adjacent steps
-        self._abar = np.cumprod(1.0 - np.asarray(schedule.betas, dtype=np.float64))  # (T,)
+        self._abar = schedule.alphas_cumprod_float64  # (T,): 1 - abar_t / abar_p exact for adjacent steps
         self.set_timesteps(schedule.num_steps)
 
     def set_timesteps(self, num_steps: int, spacing: str | None = None) -> None:
@@ -180,9 +178,9 @@ class DDPMSampler(Sampler):
         variance: "beta_tilde" (the posterior variance, optimal when the data is a single point)
             or "beta" (optimal for data ~ N(0, I)); Ho et al. found both give similar samples.
             The last step adds no noise with either (Algorithm 2: z = 0 at t = 1).
-    name = "ddpm"
-
     """
+
+    name = "ddpm"
 
     def __init__(self, schedule: NoiseSchedule, variance: str = "beta_tilde", prediction: str = "eps",
                  clip_x0: bool = True):
@@ -226,9 +224,9 @@ class DDIMSampler(Sampler):
     sigma_t = eta sqrt((1 - abar_p) / (1 - abar_t)) sqrt(1 - abar_t / abar_p) (eq. 16):
     `eta=0` is deterministic (the probability-flow ODE, first order), `eta=1` is exactly
     DDPM's posterior (`DDPMSampler(variance="beta_tilde")`), in between interpolates.
-    name = "ddim"
-
     """
+
+    name = "ddim"
 
     def __init__(self, schedule: NoiseSchedule, eta: float = 0.0, prediction: str = "eps",
                  clip_x0: bool = True):
@@ -270,9 +268,9 @@ class DPMSolverPP2MSampler(Sampler):
     The sampler remembers the previous x0 between calls; it is used only when `step` is
     called with the timestep that follows the remembered one, so starting a new trajectory
     never mixes in a stale prediction.
-    name = "dpm++"
     """
 
+    name = "dpm++"
     default_spacing = "logsnr"
 
     def set_timesteps(self, num_steps: int, spacing: str | None = None) -> None:
@@ -323,35 +321,39 @@ def make_sampler(name: str, schedule: NoiseSchedule, num_steps: int | None = Non
     return sampler
 
 
-def guided(model: Callable, guidance: float, null_label: int | None = None) -> Callable:
-    """Classifier-free guidance (Ho & Salimans 2022, eq. 6) as a model `fn(x, t, y)`.
+def classifier_free_guidance(cond: mx.array, uncond: mx.array, w: float) -> mx.array:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): uncond + w (cond - uncond).
 
-    out = out_uncond + w (out_cond - out_uncond), with out_uncond = model(x, t, null_label).
-    The conditional and null batches run in ONE model call (concatenated along the batch).
-    w = 1 is the conditional model exactly and w = 0 the unconditional one (each one call);
-    w > 1 sharpens towards the class. `null_label` is the model's "no class" label
-    (`num_classes`), needed when w != 1 and labels are given. y = None is unconditional.
-    Guiding a v prediction is the same as guiding eps: v is affine in eps for fixed x_t,
-    and the weights (1 - w, w) sum to one.
+    cond, uncond: the model's outputs (B, H, W, C) for the class labels and for the null label.
+    Our w is the paper's 1 + w: w = 1 is the conditional model, w = 0 the unconditional one,
+    w > 1 sharpens towards the class. Guiding a v prediction is the same as guiding eps: v is
+    affine in eps for fixed x_t, and the weights (1 - w, w) sum to one.
+    """
+    return uncond + w * (cond - uncond)
+
+
+def guided_output(model: Callable, x: mx.array, t: mx.array, y: mx.array | None, guidance: float,
+                  null_label: int | None = None) -> mx.array:
+    """The output the samplers step with: `model(x, t, y)` under classifier-free guidance scale w.
+
+    x (B, H, W, C), t (B,), y (B,) or None (unconditional: no guidance). w = 1 and w = 0 are one
+    model call each; otherwise the conditional and null batches run in ONE call (concatenated
+    along the batch) and `classifier_free_guidance` combines them. `null_label` is the model's
+    "no class" label (`num_classes`), needed when w != 1 and labels are given.
     """
     w = float(guidance)
     if not (math.isfinite(w) and w >= 0):
         raise ValueError(f"guidance scale must be a number >= 0 (1 = plain conditional), got {guidance!r}")
-    model = parallel.batch_parallel(model)  # on a multi-core CPU, a slice of the batch per core
-
-    def fn(x: mx.array, t: mx.array, y: mx.array | None) -> mx.array:
-        if y is None or w == 1.0:
-            return model(x, t, y)
-        if null_label is None:
-            raise ValueError("classifier-free guidance needs null_label (the model's num_classes)")
-        null = mx.full(y.shape, null_label, dtype=y.dtype)  # (B,)
-        if w == 0.0:
-            return model(x, t, null)
-        out = model(mx.concatenate([x, x]), mx.concatenate([t, t]), mx.concatenate([y, null]))
-        cond, uncond = mx.split(out, 2)  # (B, H, W, C) each
-        return uncond + w * (cond - uncond)
-
-    return fn
+    if y is None or w == 1.0:
+        return model(x, t, y)
+    if null_label is None:
+        raise ValueError("classifier-free guidance needs null_label (the model's num_classes)")
+    null = mx.full(y.shape, null_label, dtype=y.dtype)  # (B,)
+    if w == 0.0:
+        return model(x, t, null)
+    out = model(mx.concatenate([x, x]), mx.concatenate([t, t]), mx.concatenate([y, null]))
+    cond, uncond = mx.split(out, 2)  # (B, H, W, C) each
+    return classifier_free_guidance(cond, uncond, w)
 
 
 def generate(
@@ -372,7 +374,7 @@ def generate(
         sampler: a `Sampler` whose `set_timesteps` has been called; one model call per step.
         shape: (B, H, W, C) of the samples.
         y: (B,) class labels, or None for unconditional samples.
-        guidance, null_label: classifier-free guidance, see `guided`.
+        guidance, null_label: classifier-free guidance, see `guided_output`.
         key: `mx.random.key(seed)`; None means `mx.random.key(0)`. The global MLX random
             state is never used, so equal keys give equal samples.
         x_T: start here instead of drawing noise (e.g. a latent from `ddim_invert`).
@@ -384,7 +386,6 @@ def generate(
     computed at the end (fine for tiny tests, heavy for a real network).
     """
     shape = tuple(int(d) for d in shape)
-    fn = guided(model, guidance, null_label)
     key = mx.random.key(0) if key is None else key
     noise_key, key = mx.random.split(key)
     if x_T is None:
@@ -397,7 +398,7 @@ def generate(
         raise ValueError(f"labels y must have shape ({shape[0]},), got {tuple(y.shape)}")
     for t in sampler.timesteps:
         key, step_key = mx.random.split(key)
-        out = fn(x, mx.full(shape[:1], t, dtype=mx.int32), y)  # (B, H, W, C)
+        out = guided_output(model, x, mx.full(shape[:1], t, dtype=mx.int32), y, guidance, null_label)
         result = sampler.step(out, t, x, key=step_key)
         x = result.prev_sample
         yield result
@@ -421,12 +422,11 @@ def ddim_invert(
     approximately x0; more steps make the round trip closer. x0 is not clipped here, since
     clipping a real image's prediction would break invertibility. Returns x_T (lazy).
     """
-    fn = guided(model, guidance, null_label)
     ascending = sampler.timesteps[::-1]
     x = x0
     for q, t in zip([-1, *ascending[:-1]], ascending, strict=True):
         t_batch = mx.full((x.shape[0],), t, dtype=mx.int32)  # (B,)
-        out = fn(x, t_batch, y)
+        out = guided_output(model, x, t_batch, y, guidance, null_label)
         eps = out if sampler.prediction == "eps" else sampler.schedule.x0_eps_from_v(x, t_batch, out)[1]
         abar_q, abar_t = sampler.alpha_bar(q), sampler.alpha_bar(t)
         x0_pred = (x - math.sqrt(1.0 - abar_q) * eps) / math.sqrt(abar_q)

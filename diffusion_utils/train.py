@@ -30,10 +30,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
-from diffusion_utils import checkpoint, data, distributed, files, parallel
+from diffusion_utils import checkpoint, data, distributed, files, flops
 from diffusion_utils.checks import Row, check_fields, int_at_least, is_number
-from diffusion_utils.cpu import use_fast_cpu_layers
-from diffusion_utils.schedules import SCHEDULE_KINDS, NoiseSchedule, make_schedule
+from diffusion_utils.cpu import streams
+from diffusion_utils.cpu.layers import use_fast_cpu_layers, use_fast_cpu_sampling
+from diffusion_utils.schedules import PREDICTIONS, SCHEDULE_KINDS, NoiseSchedule, make_schedule
 from diffusion_utils.unet import UNet, UNetConfig, parameter_count
 
 import mlx.core as mx
@@ -43,7 +44,6 @@ import numpy as np
 from mlx.utils import tree_map, tree_unflatten
 from tqdm.auto import tqdm
 
-PREDICTIONS = ("eps", "v")
 WEIGHTINGS = ("none", "min_snr")
 MIN_SNR_GAMMA = 5.0  # Hang et al. 2023 use gamma = 5 for every prediction target
 
@@ -248,6 +248,24 @@ def make_optimizer(config: TrainConfig) -> optim.AdamW:
     return optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
 
 
+def draw_noise_and_dropout(x0: mx.array, y: mx.array | None, num_timesteps: int, label_dropout: float,
+                           null_label: int | None) -> tuple[mx.array, mx.array, mx.array | None]:
+    """What one step draws from MLX's global random state: t ~ U{0..T-1} (B,), noise ~ N(0, I) like
+    x0 (B, H, W, C), and y (B,) with each label dropped to `null_label` with probability `label_dropout`."""
+    t = mx.random.randint(0, num_timesteps, (x0.shape[0],))
+    noise = mx.random.normal(x0.shape)
+    if y is not None and null_label is not None:
+        y = drop_labels(y, label_dropout, null_label)
+    return t, noise, y
+
+
+def clip_and_update(model: nn.Module, optimizer: optim.Optimizer, grads: dict, grad_clip: float) -> mx.array:
+    """Clip the global gradient norm to `grad_clip`, then one optimizer (AdamW) update; returns the norm."""
+    grads, grad_norm = optim.clip_grad_norm(grads, grad_clip)
+    optimizer.update(model, grads)
+    return grad_norm
+
+
 def make_train_step(model: nn.Module, optimizer: optim.Optimizer, schedule: NoiseSchedule,
                     prediction: str = "eps", weighting: str = "none", grad_clip: float = 1.0,
                     label_dropout: float = 0.0, null_label: int | None = None,
@@ -255,69 +273,30 @@ def make_train_step(model: nn.Module, optimizer: optim.Optimizer, schedule: Nois
     """`step(x0, y) -> (loss, grad_norm)`: one optimiser step on a batch, updating model and optimizer.
 
     x0: (B, H, W, C) float32 in [-1, 1]; y: (B,) int32 labels, or None for an unconditional model.
-    Inside: draw t ~ U{0..T-1} and noise ~ N(0, I), drop labels to `null_label` with probability
-    `label_dropout`, loss and gradients, clip the global gradient norm, AdamW update.
+    Inside: draw t, noise and label dropout, loss and gradients, clip, AdamW (Ho et al. 2020, alg. 1).
     `compiled=True` traces it once with `mx.compile`; model, optimizer and random state are
     declared as the compiled function's implicit inputs and outputs, so the graph reads and
     writes them instead of baking in their values. The caller runs `mx.eval(state)` after it.
-    On a multi-core CPU (`parallel.workers() > 1`) the compiled step computes the loss and
-    gradients of each slice of the batch on its own stream, all cores at once, and averages
-    them: the same step up to float32 rounding (tested).
     With a `world` of several ranks (`distributed.py`), x0 and y are the whole global batch: t, noise
     and dropout are drawn for all of it, this rank computes its shard, and the gradients are averaged
     over the ranks before the update, so the step does not depend on the number of ranks.
     """
     world = world or distributed.World()
     loss_and_grad = nn.value_and_grad(model, loss_fn)
-    T = schedule.num_steps
     if not optimizer.state:
         optimizer.init(model.trainable_parameters())  # so the compiled state holds every array
 
-    def draw(x0, y):  # t ~ U{0..T-1} (B,), noise like x0, labels after dropout
-        t = mx.random.randint(0, T, (x0.shape[0],))
-        noise = mx.random.normal(x0.shape)
-        if y is not None and null_label is not None:
-            y = drop_labels(y, label_dropout, null_label)
-        return t, noise, y
-
-    def loss_and_grads(x0, y, t, noise):
-        return loss_and_grad(model, x0, y, t, noise, schedule, prediction, weighting)
-
-    def apply(loss, grads, batch):  # mean over the ranks' shards, clip the global gradient norm, AdamW update
-        loss, grads = world.mean_over_ranks(loss, grads, batch)
-        grads, grad_norm = optim.clip_grad_norm(grads, grad_clip)
-        optimizer.update(model, grads)
-        return loss, grad_norm
-
     def step(x0, y):
-        t, noise, y = draw(x0, y)
-        return apply(*loss_and_grads(*world.take_shard(x0, y, t, noise)), x0.shape[0])
+        t, noise, y = draw_noise_and_dropout(x0, y, schedule.num_steps, label_dropout, null_label)
+        shard = world.take_shard(x0, y, t, noise)  # this rank's part (all of it on one machine)
+        loss, grads = loss_and_grad(model, *shard, schedule, prediction, weighting)
+        loss, grads = world.mean_over_ranks(loss, grads, x0.shape[0])
+        return loss, clip_and_update(model, optimizer, grads, grad_clip)
 
     if not compiled:
         return step
     state = [model.state, optimizer.state, mx.random.state]
-    compile_with_state = partial(mx.compile, inputs=state, outputs=state)
-    if parallel.workers() == 1:
-        return compile_with_state(step)
-
-    # On a multi-core CPU: the loss and gradients of each slice of the batch on its own stream
-    # (parallel.py), combined as the batch mean. (The model state is an output of each slice
-    # only because `nn.value_and_grad` swaps the parameters while tracing; they come back as they went in.)
-    def apply_mean(fractions, parts, batch):  # the shard's mean of the slices' losses and gradients
-        return apply(*parallel.weighted_sum(list(zip(fractions, parts, strict=True))), batch)
-
-    compiled_draw, compiled_apply = compile_with_state(draw), compile_with_state(apply_mean)
-    slice_state = [model.state, mx.random.state]  # the random state for dropout inside the model
-    slice_loss_and_grads = parallel.per_stream(
-        lambda: partial(mx.compile, inputs=slice_state, outputs=slice_state)(loss_and_grads))
-
-    def parallel_step(x0, y):
-        t, noise, y = compiled_draw(x0, y)
-        shard = world.take_shard(x0, y, t, noise)
-        fractions, parts = zip(*parallel.map_chunks(slice_loss_and_grads, *shard), strict=True)
-        return compiled_apply(fractions, list(parts), x0.shape[0])
-
-    return parallel_step
+    return partial(mx.compile, inputs=state, outputs=state)(step)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -427,10 +406,19 @@ class Trainer:
         if _state is not None:
             self._restore(*_state)
         self.state = [self.model.state, self.optimizer.state, mx.random.state]
-        self.train_step = make_train_step(
-            self.model, self.optimizer, self.schedule, self.config.prediction, self.config.loss_weighting,
-            self.config.grad_clip, self.config.label_dropout, self.null_label, compiled=compiled,
-            world=self.world)
+        self.train_step = self._make_train_step(compiled)
+
+    def _make_train_step(self, compiled: bool) -> Callable:
+        """`make_train_step` for this run; compiled, the fastest form for this machine (on a multi-core
+        CPU each slice of the batch on its own stream: `cpu/train_step.py`)."""
+        cfg = self.config
+        args = (self.model, self.optimizer, self.schedule, cfg.prediction, cfg.loss_weighting, cfg.grad_clip,
+                cfg.label_dropout, self.null_label)
+        if not compiled:
+            return make_train_step(*args, compiled=False, world=self.world)
+        from diffusion_utils.cpu.train_step import make_fastest_train_step  # it builds on this module
+
+        return make_fastest_train_step(*args, world=self.world)
 
     @classmethod
     def resume(cls, out_dir: str | Path, dataset: data.Dataset | None = None,
@@ -472,7 +460,7 @@ class Trainer:
             raise ValueError(f"{directory / checkpoint.CONFIG_FILE}: bad training state ({err})") from None
         self.saved_step = self.step
         self.trained_world_size = stored.get("world_size", 1)
-        _match_cpu_streams(stored.get("cpu_streams"))
+        streams.match_stored_workers(stored.get("cpu_streams"))
 
     # ------------------------------------------------------------------ checkpoints, log, previews
     def save(self) -> Path:
@@ -488,7 +476,7 @@ class Trainer:
             "data_iterator": self.batches.state_dict(),
             "rng_state": random_key(),
             "loss_history": [[s, v] for s, v in self.history],
-            "cpu_streams": parallel.workers(),  # resume is bit-exact only with the same count
+            "cpu_streams": streams.workers(),  # resume is bit-exact only with the same count
             "world_size": self.world.size,  # contract (DESIGN.md); batch_size is the global batch
             "batch_per_rank": self.world.shard_sizes(self.config.batch_size),
         }
@@ -512,7 +500,7 @@ class Trainer:
     def ema_model(self) -> UNet:
         """A copy of the network holding the EMA weights, in eval mode (for sampling)."""
         with _random_state_kept():
-            model = use_fast_cpu_layers(UNet(self.config.unet))
+            model = use_fast_cpu_sampling(UNet(self.config.unet))
         model.update(self.ema)
         model.eval()
         return model
@@ -552,13 +540,13 @@ class Trainer:
             fh.write(line + "\n")
 
     def _log_header(self, total: int) -> None:
-        flops = self.model.flops()
+        forward_flops = flops.unet_flops(self.model)
         start = "resumed from step" if self.step else "started at step"
         self._log(f"# run {start} {self.step} -> {total} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
         self._log(f"# data: {self.config.dataset} ({len(self.dataset)} images, classes "
                   f"{', '.join(self.dataset.class_names)})")
         self._log(f"# model: {parameter_count(self.model) / 1e6:.2f}M parameters, "
-                  f"{flops / 1e9:.3f} GFLOP/image forward; device {mx.default_device()}")
+                  f"{forward_flops / 1e9:.3f} GFLOP/image forward; device {mx.default_device()}")
         self._log("# config: " + json.dumps(self.config.to_dict(), sort_keys=True))
         self._log(f"# world: {self.world.describe(self.config.batch_size)}")
         note = distributed.resume_note(self.trained_world_size, self.world.size)
@@ -676,20 +664,6 @@ class Trainer:
 
 
 _CADENCE = ("log_every", "checkpoint_every", "checkpoint_minutes", "preview_every")  # not what is learned
-
-
-def _match_cpu_streams(stored: int | None) -> None:
-    """Split batches across as many CPU streams as the stored run did, so its resume stays bit-exact
-    (the per-stream sums round differently); a note on stderr when that changes the count."""
-    if stored is None or stored == parallel.workers():
-        return
-    if mx.default_device().type == mx.DeviceType.gpu:
-        print(f"note: the run was trained on {stored} CPU streams, this resume runs on the GPU: it continues "
-              "correctly but not bit for bit as the uninterrupted run would have", file=sys.stderr)
-        return
-    print(f"note: using {stored} CPU streams as the stored run did (this machine's default is "
-          f"{parallel.workers()}), so the resume is bit-exact", file=sys.stderr)
-    parallel.set_workers(stored)
 
 
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, dataset: data.Dataset | None = None,

@@ -6,9 +6,12 @@ import subprocess
 import sys
 
 import diffusion_utils  # noqa: F401  (fast BLAS before mlx.core)
-from diffusion_utils import bench
+from diffusion_utils.paths import BENCHMARKS_DIR
 
 import pytest
+
+sys.path.insert(0, str(BENCHMARKS_DIR))
+import harness as bench  # noqa: E402  (benchmarks/harness.py, the `bench` command's code)
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None and bench.TORCH_REFERENCE.is_file()
 TINY = ["--preset", "smoke", "--repeats", "1", "--warmup", "0", "--batch", "2", "--sample-batch", "2",
@@ -88,3 +91,13 @@ def test_time_interleaved_runs_every_variant_warmup_plus_repeats_times():
     assert calls == {"a": 5, "b": 5}
     assert set(timed) == {"a", "b"} and all(set(t) == {"wall", "cpu"} for t in timed.values())
     assert all(t["wall"] >= 0 and t["cpu"] >= 0 for t in timed.values())
+
+
+def test_bench_without_the_harness_file_is_a_one_line_error(monkeypatch, capsys):
+    """A non-editable install has no benchmarks/ folder: `bench` says so instead of a traceback."""
+    from diffusion_utils import cli, paths
+
+    monkeypatch.setattr(paths, "BENCHMARKS_DIR", paths.REPO_DIR / "no-such-benchmarks")
+    assert cli.main(["bench", "--preset", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bench needs") and "harness.py" in err and len(err.splitlines()) == 1

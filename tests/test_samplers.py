@@ -10,15 +10,15 @@ deterministic sampler must map x_T to mu + sd z. sd = 0 is the single-point case
 import math
 
 import diffusion_utils  # noqa: F401  (fast BLAS before mlx.core)
-from diffusion_utils import parallel
 from diffusion_utils.samplers import (
     SPACINGS,
     DDIMSampler,
     DDPMSampler,
     DPMSolverPP2MSampler,
+    classifier_free_guidance,
     ddim_invert,
     generate,
-    guided,
+    guided_output,
     make_sampler,
     make_timesteps,
     sample,
@@ -120,12 +120,13 @@ def test_bad_settings_raise(linear):
         lambda: DDIMSampler(linear, eta=-0.5),
         lambda: DDIMSampler(linear, eta=float("nan")),
         lambda: DDIMSampler(linear, prediction="x0"),
-        lambda: guided(model, -1.0, null_label=0),
-        lambda: guided(model, float("inf"), null_label=0),
-        lambda: sample(model, linear, "ddpm", n=2, image_size=1, steps=5, eta=0.5),
-        lambda: sample(model, linear, "ddim", n=0, image_size=1, steps=5),
-        lambda: sample(model, linear, "ddim", n=2, image_size=1, steps=5, labels=[0, 7], null_label=1),
-        lambda: sample(model, linear, "ddim", n=2, image_size=1, steps=5, labels=[0, 1, 0]),
+        lambda: guided_output(model, mx.zeros((1, 1, 1, 1)), mx.zeros((1,), mx.int32), None, -1.0, 0),
+        lambda: guided_output(model, mx.zeros((1, 1, 1, 1)), mx.zeros((1,), mx.int32), None, float("inf"), 0),
+        lambda: sample(model, make_sampler("ddim", linear, 5), (2, 1, 1)),
+        lambda: sample(model, make_sampler("ddim", linear, 5), (0, 1, 1, 3)),
+        lambda: sample(model, make_sampler("ddim", linear, 5), (2, 1, 1, 3), batch_size=0),
+        lambda: sample(model, make_sampler("ddim", linear, 5), (2, 1, 1, 3), labels=[0, 7], null_label=1),
+        lambda: sample(model, make_sampler("ddim", linear, 5), (2, 1, 1, 3), labels=[0, 1, 0]),
     ):
         with pytest.raises(ValueError):
             call()
@@ -311,15 +312,15 @@ def test_guidance_one_is_conditional_and_zero_unconditional(classes):
     null = mx.full((6,), 2, dtype=mx.int32)
     cond, uncond = classes(x, t, y), classes(x, t, null)
     classes.batches.clear()
-    assert np.array_equal(guided(classes, 1.0)(x, t, y), cond)  # no null_label needed
-    assert np.array_equal(guided(classes, 0.0, null_label=2)(x, t, y), uncond)
+    assert np.array_equal(guided_output(classes, x, t, y, 1.0), cond)  # no null_label needed
+    assert np.array_equal(guided_output(classes, x, t, y, 0.0, null_label=2), uncond)
     assert classes.batches == [6, 6]  # one call each, no doubled batch
-    out = guided(classes, 3.0, null_label=2)(x, t, y)
-    # cond and null in ONE batch of 12 (split into one call per stream on a multi-core CPU)
-    assert classes.batches[2:] == [s.stop - s.start for s in parallel.chunks(12)]
+    out = guided_output(classes, x, t, y, 3.0, null_label=2)
+    assert classes.batches[2:] == [12]  # cond and null in ONE batch
+    assert np.array_equal(out, classifier_free_guidance(cond, uncond, 3.0))
     assert np.allclose(out, uncond + 3.0 * (cond - uncond), atol=1e-6)
     with pytest.raises(ValueError, match="null_label"):
-        guided(classes, 3.0)(x, t, y)
+        guided_output(classes, x, t, y, 3.0)
 
 
 def test_guided_sampling_matches_the_right_distribution(linear, classes):

@@ -5,7 +5,9 @@ import io
 import re
 import threading
 
-from diffusion_utils import parallel, schedules, widgets
+from diffusion_utils import schedules, widgets
+from diffusion_utils.checkpoint import ModelInfo
+from diffusion_utils.cpu import streams
 from diffusion_utils.unet import UNet, UNetConfig
 
 import matplotlib
@@ -181,10 +183,11 @@ def tiny_model():
                         attention_resolutions=(4,), groups=4, num_heads=2, num_classes=2)
     model = UNet(config)
     mx.eval(model.parameters())
-    info = {"class_names": ["a", "b"], "num_classes": 2, "null_label": 2, "prediction": "v", "image_size": 8}
-    parallel.set_workers(2)  # the batch split across streams, which belong to their thread
-    yield parallel.batch_parallel(model), schedules.make_schedule("cosine", 50), info
-    parallel.set_workers()
+    info = ModelInfo(class_names=("a", "b"), prediction="v", image_size=8, step=0, num_classes=2,
+                     train_config={})
+    streams.set_workers(2)  # the batch split across streams, which belong to their thread
+    yield streams.split_batches(model), schedules.make_schedule("cosine", 50), info
+    streams.set_workers()
 
 
 def test_sampler_view_runs_from_another_thread_after_the_main_one(tiny_model):

@@ -1,4 +1,5 @@
-"""Faster CPU versions of the mlx.nn layers the networks use, and `use_fast_cpu_layers(model)`.
+"""Faster CPU versions of the mlx.nn layers the networks use, `use_fast_cpu_layers(model)` and
+`use_fast_cpu_sampling(model)`.
 
 The networks (`unet.py`, ...) are written with plain `mlx.nn` layers. On MLX's CPU backend some
 of those are slow, so the trainer and the sampler call `use_fast_cpu_layers(model)`, which
@@ -18,15 +19,15 @@ there, and every layer here also falls back to the mlx op when it runs on a GPU.
 
 from __future__ import annotations
 
-from diffusion_utils import parallel
+from diffusion_utils.cpu import streams
 
 import mlx.core as mx
 import mlx.nn as nn
 
 
 def _compiled(fn):
-    """`mx.compile(fn)`, traced once per stream (see `parallel.per_stream`)."""
-    return parallel.per_stream(lambda: mx.compile(fn))
+    """`mx.compile(fn)`, traced once per stream (see `streams.per_stream`)."""
+    return streams.per_stream(lambda: mx.compile(fn))
 
 
 def _on_gpu() -> bool:
@@ -276,3 +277,14 @@ def use_fast_cpu_layers(model: nn.Module) -> nn.Module:
         if fast is not None:
             module.__class__ = fast
     return model
+
+
+def use_fast_cpu_sampling(model: nn.Module) -> nn.Module:
+    """Prepare a network for sampling on a CPU, in place: `use_fast_cpu_layers(model)`, and each call
+    split across the CPU streams (`streams.split_batches`); returns it. Does nothing on a GPU.
+
+    The checkpoint loader and the trainer's previews apply it, so that the samplers, which call
+    any `model(x, t, y)`, stay plain maths. Not for a model being trained: the train step splits
+    its batch itself (`train_step.py`).
+    """
+    return streams.split_batches(use_fast_cpu_layers(model))

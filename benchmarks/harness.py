@@ -1,13 +1,15 @@
 """How fast this machine trains and samples the project's UNets, in MLX and (optionally) PyTorch.
 
-`python -m diffusion_utils bench [--json]` runs `run_bench`: for each training preset it
+The harness behind `python -m diffusion_utils bench [--json]` (the CLI loads this file from the
+repository's `benchmarks/` folder); `benchmarks/streams.py` and `profile_layers.py` reuse its parts.
+`bench` runs `run_bench`: for each training preset it
 measures, in one process,
 
-- the machine's ceiling: float32 sgemm GFLOP/s of MLX's default device (`backend.sgemm_gflops`);
-- the model: parameters and forward GFLOP per image (`unet.count_flops`: 2 FLOPs per
+- the machine's ceiling: float32 sgemm GFLOP/s of MLX's default device (`cpu/blas.py`: `sgemm_gflops`);
+- the model: parameters and forward GFLOP per image (`flops.count_flops`: 2 FLOPs per
   multiply-add of every conv, linear layer and attention matmul; norms, activations and
   additions, a few percent, are not counted);
-- training: images/s of the real compiled step (`train.make_train_step`, the preset's batch);
+- training: images/s of the compiled step the Trainer runs (`cpu/train_step.py`, the preset's batch);
 - sampling: images/s per network evaluation (one forward pass of a batch, run the way the
   samplers run it);
 - peak memory of each (`mx.get_peak_memory`, reset in between);
@@ -15,9 +17,9 @@ measures, in one process,
   sampled image) over the sgemm ceiling.
 
 `threads` cores go to each framework: PyTorch's intra-op threads, and MLX's streams
-(`parallel.py`: a slice of the batch per core, one OpenBLAS thread each).
+(`cpu/streams.py`: a slice of the batch per core, one OpenBLAS thread each).
 
-When PyTorch imports, the same harness times `benchmarks/torch_unet.py` (the same network,
+When PyTorch imports, the same harness times `torch_unet.py` (next to this file) (the same network,
 weights copied from the MLX one) on the same batches and cores, interleaved with MLX round
 by round so that load from other processes hits both alike, and reports MLX/PyTorch ratios.
 Every figure is the median of `repeats` timed calls after `warmup` untimed ones.
@@ -38,17 +40,20 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from diffusion_utils import backend, data, parallel, train
-from diffusion_utils.cpu import use_fast_cpu_layers
+from diffusion_utils import styles, train
+from diffusion_utils.cpu import blas, streams
+from diffusion_utils.cpu.layers import use_fast_cpu_layers
+from diffusion_utils.cpu.train_step import make_fastest_train_step
+from diffusion_utils.flops import count_flops
 from diffusion_utils.schedules import make_schedule
-from diffusion_utils.unet import UNet, count_flops, parameter_count
+from diffusion_utils.unet import UNet, parameter_count
 
 import mlx.core as mx
 import numpy as np
 
 DEFAULT_PRESETS = ("quick", "full")  # the first one is the headline (top-level fields)
 SAMPLE_BATCH = 64  # images per network evaluation when timing sampling
-TORCH_REFERENCE = Path(__file__).resolve().parent.parent / "benchmarks" / "torch_unet.py"
+TORCH_REFERENCE = Path(__file__).resolve().parent / "torch_unet.py"
 
 
 def time_interleaved(variants: dict[str, Callable[[], None]], repeats: int = 5, warmup: int = 2,
@@ -109,7 +114,7 @@ class _MLXCase:
         self.schedule = make_schedule(config.schedule, config.num_timesteps)
         self.optimizer = train.make_optimizer(config)
         num_classes = config.unet.num_classes
-        self.step = train.make_train_step(
+        self.step = make_fastest_train_step(
             self.model, self.optimizer, self.schedule, config.prediction, config.loss_weighting,
             config.grad_clip, config.label_dropout, num_classes if num_classes else None)
         self.state = [self.model.state, self.optimizer.state, mx.random.state]
@@ -121,7 +126,7 @@ class _MLXCase:
         self.x_t = mx.array(rng.standard_normal((sample_batch, size, size, channels)), dtype=mx.float32)
         self.t = mx.array(rng.integers(0, config.num_timesteps, sample_batch), dtype=mx.int32)
         self.y_sample = mx.full((sample_batch,), num_classes, dtype=mx.int32) if num_classes else None
-        self.forward = parallel.batch_parallel(self.model)
+        self.forward = streams.batch_parallel(self.model)  # as `use_fast_cpu_sampling` splits it
         mx.eval(self.model.parameters(), self.x0, self.x_t, self.t)
 
     def train_step(self) -> None:
@@ -198,7 +203,7 @@ def bench_preset(name: str, sgemm_gflops: float, reference=None, repeats: int = 
                  sample: bool = True) -> dict:
     """All figures for one training preset; PyTorch ones too when `reference` is the torch module."""
     overrides = {"batch_size": batch_size} if batch_size else {}
-    unet = replace(train.PRESETS[name].unet, num_classes=len(data.STYLES))  # as on the style data
+    unet = replace(train.PRESETS[name].unet, num_classes=len(styles.STYLES))  # as on the style data
     config = train.get_preset(name, unet=unet, **overrides)
     mx.random.seed(config.seed)
     case = _MLXCase(config, sample_batch)
@@ -235,11 +240,12 @@ def bench_preset(name: str, sgemm_gflops: float, reference=None, repeats: int = 
 def _blas_off_train_img_s(preset: str, repeats: int, warmup: int, batch_size: int | None) -> float:
     """Train img/s of `preset` in a fresh process that keeps MLX's bundled reference BLAS."""
     code = (
-        "import json, diffusion_utils.bench as b; "
+        f"import json, sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+        "import harness as b; "
         f"r = b.bench_preset({preset!r}, 1.0, None, {repeats}, {warmup}, batch_size={batch_size!r}, "
         "sample=False); print(json.dumps(r))"
     )
-    env = {**os.environ, backend.ENV_VAR: "off", parallel.ENV_VAR: str(parallel.workers())}
+    env = {**os.environ, blas.ENV_VAR: "off", streams.ENV_VAR: str(streams.workers())}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the reference-BLAS run failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -262,13 +268,13 @@ def run_bench(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, repeats: i
         train.get_preset(name)  # one-line ValueError for an unknown name
     if repeats < 1 or warmup < 0 or sample_batch < 1 or (batch_size is not None and batch_size < 1):
         raise ValueError("bench needs --repeats >= 1, --warmup >= 0, --sample-batch >= 1 and --batch >= 1")
-    if threads is not None and not 1 <= threads <= parallel.cpu_cores():
-        raise ValueError(f"bench needs --threads between 1 and this machine's {parallel.cpu_cores()} cores, "
+    if threads is not None and not 1 <= threads <= streams.cpu_cores():
+        raise ValueError(f"bench needs --threads between 1 and this machine's {streams.cpu_cores()} cores, "
                          f"got {threads}")
-    threads = threads or parallel.cpu_cores()
-    backend.set_blas_threads(threads)
-    sgemm = backend.sgemm_gflops()  # the ceiling: one big sgemm on all `threads` cores
-    workers = parallel.set_workers(threads, cores=threads)  # MLX: a stream per core, one OpenBLAS thread each
+    threads = threads or streams.cpu_cores()
+    blas.set_blas_threads(threads)
+    sgemm = blas.sgemm_gflops()  # the ceiling: one big sgemm on all `threads` cores
+    workers = streams.set_workers(threads, cores=threads)  # MLX: a stream per core, one OpenBLAS thread each
     reference = load_torch_reference() if use_torch else "disabled (--no-torch)"
     torch_version = None
     if not isinstance(reference, str):
@@ -279,12 +285,12 @@ def run_bench(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, repeats: i
         torch_version = torch.__version__
     report = {
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
-        "mlx": mx.__version__, "device": str(mx.default_device()), "blas": backend.blas_in_use(),
+        "mlx": mx.__version__, "device": str(mx.default_device()), "blas": blas.blas_in_use(),
         "blas_core": blas_core(), "threads": threads, "mlx_streams": workers,
-        "blas_threads": backend.blas_threads(), "torch": torch_version,
+        "blas_threads": blas.blas_threads(), "torch": torch_version,
         "torch_skipped": reference if isinstance(reference, str) else None,
         "repeats": repeats, "warmup": warmup, "sgemm_gflops": round(sgemm, 1),
-        "flops_counted": "unet.count_flops: 2 per multiply-add of convs, linears and attention "
+        "flops_counted": "flops.count_flops: 2 per multiply-add of convs, linears and attention "
                          "matmuls; training counts 3x the forward",
         "presets": {},
     }

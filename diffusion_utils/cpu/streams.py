@@ -17,21 +17,25 @@ An MLX stream belongs to the thread that made it, and JupyterLab 4.6 runs widget
 another thread than the cells; so the streams and the per-stream compiled functions here are
 kept per thread (`threading.local`): any thread may call a parallel model.
 
-    parallel.workers()                  # streams a batch is split across (1 on a GPU)
-    parallel.set_workers(1)             # one stream, OpenBLAS on every core (as plain MLX)
-    model = parallel.batch_parallel(model)
-    out = model(x, t, y)                # same values as before, all cores busy
+    streams.workers()                   # streams a batch is split across (1 on a GPU)
+    streams.set_workers(1)              # one stream, OpenBLAS on every core (as plain MLX)
+    fn = streams.batch_parallel(fn)     # any per-image function: same values, all cores busy
+    model = streams.split_batches(model)  # the same, in place, for a network used for sampling
+
+The training step split across streams is in `train_step.py`.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from diffusion_utils import backend
+from diffusion_utils.cpu import blas
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.utils import tree_map
 
 ENV_VAR = "DIFFUSION_UTILS_WORKERS"
@@ -39,6 +43,7 @@ MAX_DEFAULT_WORKERS = 8  # measured on 2 cores only; more streams than this are 
 MIN_CHUNK = 4  # images per stream: smaller slices make the matrix products too thin to pay
 
 _state: dict = {"workers": None}
+_split_classes: dict[type, type] = {}  # model class -> its `split_batches` subclass
 _per_thread = threading.local()  # .streams: {(device, count): [stream, ...]} made by this thread
 
 
@@ -68,7 +73,7 @@ def set_workers(count: int | None = None, cores: int | None = None) -> int:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     _state["workers"] = count
-    backend.set_blas_threads(max(1, (cores or cpu_cores()) // count))
+    blas.set_blas_threads(max(1, (cores or cpu_cores()) // count))
     return count
 
 
@@ -81,6 +86,21 @@ def workers() -> int:
     return _state["workers"]
 
 
+def match_stored_workers(stored: int | None) -> None:
+    """Resuming a run trained on `stored` streams (None: not recorded): split batches the same way, so
+    the resume stays bit-exact (the per-stream sums round differently); a note on stderr when that
+    changes the count."""
+    if stored is None or stored == workers():
+        return
+    if mx.default_device().type == mx.DeviceType.gpu:
+        print(f"note: the run was trained on {stored} CPU streams, this resume runs on the GPU: it continues "
+              "correctly but not bit for bit as the uninterrupted run would have", file=sys.stderr)
+        return
+    print(f"note: using {stored} CPU streams as the stored run did (this machine's default is "
+          f"{workers()}), so the resume is bit-exact", file=sys.stderr)
+    set_workers(stored)
+
+
 def chunks(batch: int, count: int | None = None) -> list[slice]:
     """Contiguous slices of a batch of `batch` items, one per stream, each >= MIN_CHUNK items
     (fewer slices when the batch is small); sizes differ by at most one."""
@@ -91,7 +111,7 @@ def chunks(batch: int, count: int | None = None) -> list[slice]:
     return [slice(starts[i], starts[i + 1]) for i in range(count)]
 
 
-def streams(count: int) -> list:
+def thread_streams(count: int) -> list:
     """`count` streams of the default device, made once per thread and reused (MLX never frees one).
 
     Per thread because a stream can only be used by the thread that made it.
@@ -115,7 +135,7 @@ def map_chunks(fn: Callable, *arrays: mx.array | None) -> list[tuple[float, obje
     if len(parts) == 1:
         return [(1.0, fn(*arrays))]
     results = []
-    for part, stream in zip(parts, streams(len(parts)), strict=True):
+    for part, stream in zip(parts, thread_streams(len(parts)), strict=True):
         with mx.stream(stream):
             result = fn(*(None if a is None else a[part] for a in arrays))
         results.append(((part.stop - part.start) / batch, result))
@@ -134,6 +154,27 @@ def batch_parallel(model: Callable) -> Callable:
         return outputs[0] if len(outputs) == 1 else mx.concatenate(outputs)
 
     return call
+
+
+def split_batches(model: nn.Module) -> nn.Module:
+    """Make calls of `model` (e.g. a UNet prepared for sampling) run as `batch_parallel(model)`; returns it.
+
+    In place, like `layers.use_fast_cpu_layers`: only the model's class changes, to a subclass of
+    it, so its parameters, names and isinstance checks stay. For inference: a training step splits
+    the batch itself (`train_step.py`). Does nothing on a GPU; `workers()` is read at every call.
+    """
+    cls = type(model)
+    if mx.default_device().type == mx.DeviceType.gpu or getattr(cls, "splits_batches", False):
+        return model
+    if cls not in _split_classes:
+        def call(self, *arrays):
+            return batch_parallel(super(split, self).__call__)(*arrays)
+
+        split = type(cls.__name__, (cls,), {"__call__": call, "splits_batches": True,
+                                           "__doc__": f"{cls.__doc__}\n\n(Split across CPU streams.)"})
+        _split_classes[cls] = split
+    model.__class__ = _split_classes[cls]
+    return model
 
 
 def per_stream(make: Callable[[], Callable]) -> Callable:
