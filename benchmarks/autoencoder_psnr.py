@@ -4,7 +4,7 @@
 
 Trains `autoencoder.AutoencoderConfig()` (f = 4, 4 latent channels) on `--n-train` 64 px procedural
 images of all 8 styles, then reconstructs (through the posterior mean) images it never saw: 24 per
-style from `data.held_out_styles` and the 174 paintings at 64 px. Prints PSNR per style, on
+style from `styles.held_out_styles` and the 174 paintings at 64 px. Prints PSNR per style, on
 paintings, the scale factor and the training speed; writes `results.json` and `reconstructions.png`
 (for each style and for paintings: originals above their reconstructions) into `--out`.
 `--resume` continues the run in `--out` for another budget.
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import diffusion_utils  # noqa: F401  (fast BLAS before mlx.core)
-from diffusion_utils import autoencoder, data, files, viz
+from diffusion_utils import autoencoder, data, files, styles, viz
 
 import mlx.core as mx
 import numpy as np
@@ -29,8 +29,8 @@ SHOWN = 4  # images per group in the grid
 
 def held_out_sets() -> dict[str, np.ndarray]:
     """{style name or "paintings": uint8 (n, 64, 64, 3)} of images no training run sees."""
-    images, labels = data.held_out_styles(PER_STYLE * len(data.STYLES), size=64, seed=0)
-    sets = {name: images[labels == i] for i, name in enumerate(data.STYLES)}
+    images, labels = styles.held_out_styles(PER_STYLE * len(styles.STYLES), size=64, seed=0)
+    sets = {name: images[labels == i] for i, name in enumerate(styles.STYLES)}
     try:
         sets["paintings"], _ = data.load_paintings(64)
     except (FileNotFoundError, ValueError) as err:
@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = autoencoder.AutoencoderConfig()
-    train_images, _ = data.make_styles(args.n_train, size=64, seed=0)
+    train_images, _ = styles.make_styles(args.n_train, size=64, seed=0)
     start = time.perf_counter()
     model, history = autoencoder.train_autoencoder(config, train_images, args.steps, args.out,
                                                    resume=args.resume, max_seconds=60 * args.minutes)
@@ -71,13 +71,13 @@ def main() -> None:
     sets = held_out_sets()
     recons = {name: autoencoder.reconstruct(model, images) for name, images in sets.items()}
     psnrs = {name: autoencoder.psnr(images, recons[name]) for name, images in sets.items()}
-    styles = [psnrs[name] for name in data.STYLES]
+    style_psnrs = [psnrs[name] for name in styles.STYLES]
     for name, value in psnrs.items():
         print(f"  {name:>15s}  {value:5.2f} dB")
-    print(f"  {'styles (mean)':>15s}  {np.mean(styles):5.2f} dB; scale {model.config.scale_factor:.4f}")
+    print(f"  {'styles (mean)':>15s}  {np.mean(style_psnrs):5.2f} dB; scale {model.config.scale_factor:.4f}")
     results = {"step": steps, "train_images": args.n_train, "batch_size": config.batch_size,
                "seconds_this_run": round(seconds, 1), "psnr_db": {k: round(v, 2) for k, v in psnrs.items()},
-               "psnr_styles_mean_db": round(float(np.mean(styles)), 2),
+               "psnr_styles_mean_db": round(float(np.mean(style_psnrs)), 2),
                "scale_factor": model.config.scale_factor, "device": str(mx.default_device())}
     files.atomic_write_text(args.out / "results.json", json.dumps(results, indent=1) + "\n")
     save_reconstruction_grid(sets, recons, psnrs, args.out / "reconstructions.png")

@@ -22,7 +22,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-from diffusion_utils.data import PAINTINGS_DIR, read_image
+from diffusion_utils.data import read_image
+from diffusion_utils.paths import PAINTINGS_DIR
 
 from PIL import Image
 

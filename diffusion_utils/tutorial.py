@@ -13,9 +13,10 @@ import os
 import time
 from pathlib import Path
 
+from diffusion_utils.paths import NOTEBOOK_DIR, OUTPUTS_DIR
+
 FAST_ENV = "TUTORIAL_FAST"
 OUT_ENV = "TUTORIAL_OUT"
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 _ON, _OFF = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
@@ -35,7 +36,7 @@ def fast_mode(default: bool = False) -> bool:
 
 def output_dir(name: str) -> Path:
     """Folder for the files a notebook makes: $TUTORIAL_OUT/<name>, else outputs/<name> in the repo."""
-    root = Path(os.environ.get(OUT_ENV) or NOTEBOOK_DIR.parent / "outputs")
+    root = Path(os.environ.get(OUT_ENV) or OUTPUTS_DIR)
     path = root / name
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from diffusion_utils import data, pipeline, samplers, schedules, viz
+from diffusion_utils import data, pipeline, samplers, schedules, styles, viz
 from diffusion_utils.checkpoint import ModelInfo
 
 import numpy as np
@@ -184,7 +184,7 @@ def default_explorer_images(size: int = 32, painting: str = "Wheat Field with Cy
 
     Returns uint8 `(2, size, size, 3)`: the style image, then the painting.
     """
-    style_image, _ = data.make_styles(1, size, seed=0, style="concentric")
+    style_image, _ = styles.make_styles(1, size, seed=0, style="concentric")
     paintings, rows = data.load_paintings(size)
     matches = [i for i, row in enumerate(rows) if painting.lower() in row["title"].lower()]
     if not matches:

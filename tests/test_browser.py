@@ -17,16 +17,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 from diffusion_utils import widgets
+from diffusion_utils.paths import DATA_DIR, NOTEBOOK_DIR, OUTPUTS_DIR
 
 import pytest
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
-SHOTS = REPO / "outputs" / "browser"
+SHOTS = OUTPUTS_DIR / "browser"
 CHROMIUM_PATHS = ("/usr/lib/chromium/chromium", shutil.which("chromium"))  # the binary, then its wrapper
 CHROMIUM = next((path for path in CHROMIUM_PATHS if path and os.path.isfile(path)), None)
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -55,8 +54,8 @@ def lab(tmp_path_factory):
         pytest.skip("chromium not installed (apt-get install chromium); the browser test needs it")
     pytest.importorskip("playwright", reason="playwright not installed (pip install -e '.[dev]')")
     root = tmp_path_factory.mktemp("lab")
-    shutil.copytree(REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".*"))
-    (root / "data").symlink_to(REPO / "data")  # the notebooks read ../data/pretrained
+    shutil.copytree(NOTEBOOK_DIR, root / "notebooks", ignore=shutil.ignore_patterns(".*"))
+    (root / "data").symlink_to(DATA_DIR)  # the notebooks read ../data/pretrained
     for plugin, value in LAB_SETTINGS.items():
         path = root / "settings" / f"{plugin.replace(':', '/')}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from diffusion_utils import checkpoint, distributed, train
+from diffusion_utils.paths import NOTEBOOK_DIR, REPO_DIR
 
 import mlx.core as mx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = Path(sys.executable).with_name("mlx.launch")
 # one CPU stream per rank: two ranks already fill the two cores of the test machine
 ENV = {**os.environ, "DIFFUSION_UTILS_WORKERS": "1", "DIFFUSION_UTILS_PEER_TIMEOUT": "60"}
@@ -50,7 +50,7 @@ def _is_free(port: int) -> bool:
 def _launch(*args: str) -> subprocess.CompletedProcess:
     command = [str(LAUNCH), "-n", "2", "--backend", "ring", "--starting-port", str(_free_ports()),
                "--python", sys.executable, "-m", "diffusion_utils", *args]
-    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=REPO_DIR, env=ENV, capture_output=True, text=True, timeout=300)
 
 
 def _train(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -116,7 +116,7 @@ def test_doctor_reports_rank_and_world_size():
 
 
 def _start_rank(rank: int, hostfile: Path, args: list[str], **env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "diffusion_utils", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "diffusion_utils", *args], cwd=REPO_DIR,
                             env={**ENV, "MLX_RANK": str(rank), "MLX_HOSTFILE": str(hostfile), **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -159,6 +159,6 @@ def test_a_silent_peer_ends_the_wait_in_bounded_time(tmp_path):
 def test_appendix_notebook_runs_in_fast_mode(tmp_path):
     from diffusion_utils import tutorial
 
-    executed = tutorial.run_notebook(ROOT / "notebooks" / "appendix_data_parallel.ipynb", tmp_path, fast=True,
+    executed = tutorial.run_notebook(NOTEBOOK_DIR / "appendix_data_parallel.ipynb", tmp_path, fast=True,
                                      timeout=300)
     assert "largest gradient difference" in executed.read_text()

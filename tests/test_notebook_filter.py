@@ -4,13 +4,13 @@ import copy
 import json
 import subprocess
 import sys
-from pathlib import Path
+
+from diffusion_utils.paths import NOTEBOOK_DIR, REPO_DIR
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FILTER = REPO / ".ci" / "clean-notebook"
-NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+FILTER = REPO_DIR / ".ci" / "clean-notebook"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 LAB_LANGUAGE_INFO = {  # what ipykernel 7 reports and JupyterLab saves
     "codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
     "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
@@ -57,7 +57,7 @@ def test_a_run_and_saved_notebook_comes_out_as_stored(path):
 
 def test_git_applies_the_filter_to_notebooks(tmp_path):
     notebook = NOTEBOOKS[0]
-    attr = subprocess.run(["git", "check-attr", "filter", str(notebook.relative_to(REPO))], cwd=REPO,
+    attr = subprocess.run(["git", "check-attr", "filter", str(notebook.relative_to(REPO_DIR))], cwd=REPO_DIR,
                           capture_output=True, text=True, check=True)  # fmt: skip
     assert attr.stdout.strip().endswith("filter: notebook"), attr.stdout
     saved = tmp_path / notebook.name
@@ -66,7 +66,8 @@ def test_git_applies_the_filter_to_notebooks(tmp_path):
 
     def blob(path, *options):  # the object git would store for `path` as notebooks/<name>
         command = ["git", *options, "hash-object", f"--path=notebooks/{notebook.name}", str(path)]
-        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        done = subprocess.run(command, cwd=REPO_DIR, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
 
     with_filter = ("-c", f"filter.notebook.clean={sys.executable} .ci/clean-notebook")
     assert blob(saved, *with_filter) == blob(notebook, "-c", "filter.notebook.clean=cat")
