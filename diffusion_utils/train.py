@@ -583,48 +583,20 @@ class Trainer:
                 lock.release()
 
     def _loop(self, total: int, stop: _StopSignals, progress: bool, callback) -> list[tuple[int, float]]:
-        cfg = self.config
         self._saved_at = time.monotonic()
         self._log_header(total)
         self._check_ranks_agree()
         run_start, run_first_step = time.perf_counter(), self.step
         step_seconds = []  # wall time of each step since the last log line (checkpoints, previews excluded)
-        bar = tqdm(total=total, initial=self.step, desc=f"train {cfg.preset}", unit="step",
+        bar = tqdm(total=total, initial=self.step, desc=f"train {self.config.preset}", unit="step",
                    disable=not progress or not self.world.is_main, dynamic_ncols=True)
         try:
             while self.step < total:
                 start = time.perf_counter()
-                x, y = next(self.batches)  # (B, H, W, 3) in [-1, 1], (B,) int32
-                loss, grad_norm = self.train_step(x, y if self.null_label is not None else None)
-                self.step += 1
-                decay = mx.array(ema_decay_at(self.step, cfg.ema_decay))
-                self.ema = _update_ema_compiled(self.ema, self.model.trainable_parameters(), decay)
-                with self.world.collective(f"step {self.step}", self._saved_note()):
-                    mx.eval(self.state, self.ema, loss, grad_norm)
-                loss = loss.item()
-                if not math.isfinite(loss):
-                    self._stop_non_finite(loss)
-                self.history.append((self.step, loss))
+                loss, grad_norm = self._one_step()
                 step_seconds.append(time.perf_counter() - start)
-                bar.update()
-                last = step_seconds[-5:]  # img/s over the last few steps
-                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{cfg.batch_size * len(last) / sum(last):.1f}")
-                if self.step % cfg.log_every == 0 or self.step == total:
-                    recent = [v for _, v in self.history[-len(step_seconds):]]
-                    rate = cfg.batch_size * len(step_seconds) / sum(step_seconds)
-                    self._log(f"step {self.step:>7d}/{total}  loss {np.mean(recent):.5f}  "
-                              f"grad_norm {grad_norm.item():.3f}  img/s {rate:6.1f}  "
-                              f"lr {self.optimizer.learning_rate.item():.2e}  "
-                              f"elapsed {_clock(time.perf_counter() - run_start)}")
-                    step_seconds.clear()
-                if self._checkpoint_due(total, stop):
-                    self._log(f"checkpoint at step {self.step} -> {self.save()}")
-                if stop.received is not None:
-                    self._log(f"stopped by {signal.Signals(stop.received).name} at step {self.step}")
-                    raise TrainingInterrupted(stop.received, self.step, self.checkpoint_path)
-                if cfg.preview_every != -1 and (
-                        self.step == total or (cfg.preview_every and self.step % cfg.preview_every == 0)):
-                    self._log(f"preview -> {self._save_preview()}")
+                self._report(bar, loss, grad_norm, step_seconds, total, run_start)
+                self._after_step(total, stop)
                 if callback is not None:
                     callback(self)
         except TrainingInterrupted:
@@ -637,9 +609,53 @@ class Trainer:
         self._check_ranks_agree()  # every rank ends with the same weights and EMA (raises if not)
         seconds = time.perf_counter() - run_start
         done = self.step - run_first_step
-        rate = done * cfg.batch_size / max(seconds, 1e-9)
+        rate = done * self.config.batch_size / max(seconds, 1e-9)
         self._log(f"done: {done} steps in {_clock(seconds)} ({rate:.1f} img/s with checkpoints and previews)")
         return self.history
+
+    def _one_step(self) -> tuple[float, mx.array]:
+        """One optimiser step and EMA update on the next batch, evaluated: (loss, grad_norm).
+        Raises NonFiniteLossError when the loss is NaN or infinite."""
+        x, y = next(self.batches)  # (B, H, W, 3) in [-1, 1], (B,) int32
+        loss, grad_norm = self.train_step(x, y if self.null_label is not None else None)
+        self.step += 1
+        decay = mx.array(ema_decay_at(self.step, self.config.ema_decay))
+        self.ema = _update_ema_compiled(self.ema, self.model.trainable_parameters(), decay)
+        with self.world.collective(f"step {self.step}", self._saved_note()):
+            mx.eval(self.state, self.ema, loss, grad_norm)
+        loss = loss.item()
+        if not math.isfinite(loss):
+            self._stop_non_finite(loss)
+        self.history.append((self.step, loss))
+        return loss, grad_norm
+
+    def _report(self, bar, loss: float, grad_norm: mx.array, step_seconds: list[float], total: int,
+                run_start: float) -> None:
+        """The progress bar after every step; a `train.log` line every `log_every` steps and at the end
+        (mean loss and img/s since the last line, which empties `step_seconds`)."""
+        batch = self.config.batch_size
+        bar.update()
+        last = step_seconds[-5:]  # img/s over the last few steps
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{batch * len(last) / sum(last):.1f}")
+        if self.step % self.config.log_every == 0 or self.step == total:
+            recent = [v for _, v in self.history[-len(step_seconds):]]
+            rate = batch * len(step_seconds) / sum(step_seconds)
+            self._log(f"step {self.step:>7d}/{total}  loss {np.mean(recent):.5f}  "
+                      f"grad_norm {grad_norm.item():.3f}  img/s {rate:6.1f}  "
+                      f"lr {self.optimizer.learning_rate.item():.2e}  "
+                      f"elapsed {_clock(time.perf_counter() - run_start)}")
+            step_seconds.clear()
+
+    def _after_step(self, total: int, stop: _StopSignals) -> None:
+        """Checkpoint when due, stop (TrainingInterrupted) after a signal, preview when due."""
+        if self._checkpoint_due(total, stop):
+            self._log(f"checkpoint at step {self.step} -> {self.save()}")
+        if stop.received is not None:
+            self._log(f"stopped by {signal.Signals(stop.received).name} at step {self.step}")
+            raise TrainingInterrupted(stop.received, self.step, self.checkpoint_path)
+        every = self.config.preview_every
+        if every != -1 and (self.step == total or (every and self.step % every == 0)):
+            self._log(f"preview -> {self._save_preview()}")
 
     def _checkpoint_due(self, total: int, stop: _StopSignals) -> bool:
         """After a step: at the end, every `checkpoint_every` steps, `checkpoint_minutes` after the
