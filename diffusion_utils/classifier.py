@@ -18,6 +18,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -111,6 +112,35 @@ def _in_batches(fn, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(outs)
 
 
+def _compiled_step(model: StyleClassifier, optimizer: optim.Optimizer) -> tuple[Callable, list]:
+    """A compiled cross-entropy Adam step `step(x, y) -> loss`, and the state it updates."""
+
+    def loss_fn(model, x, y):
+        return nn.losses.cross_entropy(model(x), y, reduction="mean")
+
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    state = [model.state, optimizer.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(x, y):
+        loss, grads = loss_and_grad(model, x, y)
+        optimizer.update(model, grads)
+        return loss
+
+    return step, state
+
+
+def _shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+    """Endless (batch_size,) index batches; a fresh permutation of range(n) joins when one runs low."""
+    rng = np.random.default_rng(seed)
+    order = np.empty(0, dtype=np.int64)
+    while True:
+        if len(order) < batch_size:  # a fresh shuffled epoch
+            order = np.concatenate([order, rng.permutation(n)])
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
 def train_style_classifier(
     images: np.ndarray,
     labels: np.ndarray,
@@ -130,27 +160,11 @@ def train_style_classifier(
     mx.random.seed(seed)
     model = StyleClassifier(ClassifierConfig(num_classes, tuple(widths)))
     optimizer = optim.Adam(learning_rate=optim.cosine_decay(learning_rate, steps))
-    x_all = data.to_model_range(images)  # (N, H, W, 3)
-    y_all = mx.array(labels)  # (N,)
-
-    def loss_fn(model, x, y):
-        return nn.losses.cross_entropy(model(x), y, reduction="mean")
-
-    loss_and_grad = nn.value_and_grad(model, loss_fn)
-    state = [model.state, optimizer.state]
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def step(x, y):
-        loss, grads = loss_and_grad(model, x, y)
-        optimizer.update(model, grads)
-        return loss
-
-    rng = np.random.default_rng(seed)
-    order = np.empty(0, dtype=np.int64)
+    step, state = _compiled_step(model, optimizer)
+    x_all, y_all = data.to_model_range(images), mx.array(labels)  # (N, H, W, 3), (N,)
+    batches = _shuffled_batches(len(images), batch_size, seed)
     for _ in tqdm(range(steps), desc="style classifier", disable=not progress):
-        if len(order) < batch_size:  # a fresh shuffled epoch
-            order = np.concatenate([order, rng.permutation(len(images))])
-        idx, order = mx.array(order[:batch_size]), order[batch_size:]
+        idx = mx.array(next(batches))
         step(x_all[idx], y_all[idx])
         mx.eval(state)
     pooled = _in_batches(model._pooled, images[:2048])  # (<=2048, C)

@@ -259,6 +259,15 @@ def _stage_seconds(clock: dict[str, float]) -> dict[str, float]:
     return {**seconds, "total": round(clock[stages[-1]] - clock[stages[0]], 2)}
 
 
+def _score_against_real(classifier: StyleClassifier, images: np.ndarray, labels: np.ndarray,
+                        info: checkpoint.ModelInfo, seed: int) -> dict:
+    """`evaluate_samples` against the checkpoint's training set and 2n fresh held-out style images."""
+    size, n = info.image_size, len(images)
+    trained = data.load_dataset(info.train_config["dataset"], size=size, seed=info.train_config["seed"])
+    held_out, _ = styles.held_out_styles(2 * n, size=size, seed=seed)
+    return evaluate_samples(classifier, images, labels, trained.images, held_out, seed=seed)
+
+
 def evaluate_checkpoint(
     path: str | os.PathLike,
     n: int = 128,
@@ -297,21 +306,12 @@ def evaluate_checkpoint(
         DEFAULT_CACHE_DIR if cache_dir is None else cache_dir, image_size=size, progress=progress
     )
     clock["classifier"] = time.perf_counter()
-    trained = data.load_dataset(info.train_config["dataset"], size=size, seed=info.train_config["seed"])
-    held_out, _ = styles.held_out_styles(2 * n, size=size, seed=seed)
-    report = evaluate_samples(classifier, images, labels, trained.images, held_out, seed=seed)
+    report = _score_against_real(classifier, images, labels, info, seed)
     clock["metrics"] = time.perf_counter()
-    return {
-        **report,
-        **settings._asdict(),
-        "eta": float(eta),
-        "seed": seed,
-        "checkpoint": str(info.path),
-        "step": info.step,
-        "image_size": size,
-        "classifier_held_out_accuracy": classifier_info["held_out_accuracy"],
-        "seconds": _stage_seconds(clock),
-    }
+    run = {"eta": float(eta), "seed": seed, "checkpoint": str(info.path), "step": info.step,
+           "image_size": size}
+    return {**report, **settings._asdict(), **run, "seconds": _stage_seconds(clock),
+            "classifier_held_out_accuracy": classifier_info["held_out_accuracy"]}
 
 
 def format_report(report: dict) -> str:
