@@ -35,7 +35,6 @@ import numpy as np
 from mlx.utils import tree_flatten
 from tqdm.auto import tqdm
 
-DEFAULT_CACHE_DIR = STYLE_CLASSIFIER_DIR
 CACHE_FORMAT = 1  # bump when the cache layout or the architecture code changes meaning
 SPOT_CHECK_N = 128  # held-out images a cached classifier must still recognise when loaded
 
@@ -280,7 +279,7 @@ def _save_cache(model: StyleClassifier, info: dict, cache_dir: Path) -> None:
 
 
 def load_or_train_classifier(
-    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    cache_dir: str | Path = STYLE_CLASSIFIER_DIR,
     image_size: int = 32,
     n_train: int = 4096,
     n_test: int = 1024,

@@ -36,13 +36,13 @@ import time
 
 from diffusion_utils import checkpoint, data, pipeline, styles
 from diffusion_utils.classifier import (
-    DEFAULT_CACHE_DIR,
     StyleClassifier,
     check_images,
     embed,
     load_or_train_classifier,
     style_accuracy,
 )
+from diffusion_utils.paths import STYLE_CLASSIFIER_DIR
 
 import numpy as np
 
@@ -285,7 +285,7 @@ def evaluate_checkpoint(
     (`steps`/`guidance` None: its defaults), and scores with `evaluate_samples` against the
     model's training set (rebuilt from its stored config) and 2n held-out images
     (`styles.held_out_styles`). Only for models trained on the art styles: the classifier
-    (cached in `cache_dir`, default `DEFAULT_CACHE_DIR`) knows no other classes.
+    (cached in `cache_dir`, default `paths.STYLE_CLASSIFIER_DIR`) knows no other classes.
     Returns `evaluate_samples`' dict plus checkpoint, step, sampler, steps, guidance, eta,
     seed, the classifier's own held-out accuracy and wall times ("seconds").
     """
@@ -303,7 +303,7 @@ def evaluate_checkpoint(
     )  # fmt: skip
     clock["sample"] = time.perf_counter()
     classifier, classifier_info = load_or_train_classifier(
-        DEFAULT_CACHE_DIR if cache_dir is None else cache_dir, image_size=size, progress=progress
+        STYLE_CLASSIFIER_DIR if cache_dir is None else cache_dir, image_size=size, progress=progress
     )
     clock["classifier"] = time.perf_counter()
     report = _score_against_real(classifier, images, labels, info, seed)
