@@ -189,7 +189,7 @@ def test_unknown_tutorial_fast_value_is_refused(monkeypatch):
 
 def test_blas_override_without_sgemm_warns_clearly():
     env = {**os.environ, "DIFFUSION_UTILS_BLAS": "libc.so.6"}
-    code = "import diffusion_utils; from diffusion_utils import backend; print(backend.blas_in_use())"
+    code = "import diffusion_utils; from diffusion_utils.cpu import blas; print(blas.blas_in_use())"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     if not sys.platform.startswith("linux"):
         pytest.skip("the BLAS override is Linux-only")
