@@ -6,12 +6,9 @@ import subprocess
 import sys
 
 import diffusion_utils  # noqa: F401  (fast BLAS before mlx.core)
-from diffusion_utils.paths import BENCHMARKS_DIR
 
+import harness as bench  # benchmarks/harness.py, the `bench` command's code (on the path: conftest.py)
 import pytest
-
-sys.path.insert(0, str(BENCHMARKS_DIR))
-import harness as bench  # noqa: E402  (benchmarks/harness.py, the `bench` command's code)
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None and bench.TORCH_REFERENCE.is_file()
 TINY = ["--preset", "smoke", "--repeats", "1", "--warmup", "0", "--batch", "2", "--sample-batch", "2",

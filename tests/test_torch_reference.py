@@ -4,9 +4,10 @@ same outputs for the same weights. This is what makes the PyTorch timings of `be
 from dataclasses import replace
 
 import diffusion_utils  # noqa: F401  (fast BLAS before mlx.core)
-from diffusion_utils import bench, train
+from diffusion_utils import train
 from diffusion_utils.unet import UNet, UNetConfig, parameter_count
 
+import harness as bench  # benchmarks/harness.py (on the path: conftest.py)
 import mlx.core as mx
 import numpy as np
 import pytest
