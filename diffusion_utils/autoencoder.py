@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
@@ -409,7 +410,7 @@ def psnr(a, b) -> float:
 
 
 # --------------------------------------------------------------------------- training and checkpoints
-def _fingerprint(images: np.ndarray) -> str:
+def fingerprint(images: np.ndarray) -> str:
     """SHA-256 of the training images' bytes and shape: a resumed run must see the same data."""
     digest = hashlib.sha256(repr(images.shape).encode())
     digest.update(np.ascontiguousarray(images).tobytes())
@@ -431,7 +432,7 @@ SCALE_IMAGES = 512  # images the scale factor is measured on at each checkpoint 
 
 
 def _save(out_dir: Path, model: Autoencoder, optimizer, batches: data.BatchIterator, step: int,
-          seed: int, history: list, fingerprint: str) -> Path:
+          seed: int, history: list, images_sha256: str) -> Path:
     """Checkpoint `out_dir/checkpoint/` atomically via `checkpoint.save_checkpoint`.
 
     config.json's `train_config` is the `AutoencoderConfig`; `schedule` (None) and `class_names`
@@ -441,7 +442,7 @@ def _save(out_dir: Path, model: Autoencoder, optimizer, batches: data.BatchItera
     meta = {
         "kind": KIND, "step": step, "seed": seed, "train_config": model.config.to_dict(),
         "schedule": None, "class_names": [], "num_images": len(batches.images),
-        "data_sha256": fingerprint, "data_iterator": batches.state_dict(), "rng_state": random_key(),
+        "data_sha256": images_sha256, "data_iterator": batches.state_dict(), "rng_state": random_key(),
         "loss_history": history,
     }
     arrays = {checkpoint.MODEL_FILE: checkpoint.flat_arrays(model.parameters()),
@@ -473,7 +474,7 @@ def load_autoencoder(path) -> Autoencoder:
     return model
 
 
-def _restore(out_dir: Path, config: AutoencoderConfig, seed: int, fingerprint: str, model, optimizer,
+def _restore(out_dir: Path, config: AutoencoderConfig, seed: int, images_sha256: str, model, optimizer,
              batches: data.BatchIterator) -> tuple[int, list]:
     """Load weights, optimizer moments, batch position and random key; returns (step, history)."""
     directory, stored, stored_config = _read(out_dir)
@@ -482,7 +483,7 @@ def _restore(out_dir: Path, config: AutoencoderConfig, seed: int, fingerprint: s
     if asked != stored_config or stored.get("seed") != seed:
         raise ValueError(f"{out_dir} holds an autoencoder run with another config or seed "
                          f"({stored_config}, seed {stored.get('seed')}); resume with the same ones")
-    if stored.get("data_sha256") != fingerprint:
+    if stored.get("data_sha256") != images_sha256:
         raise ValueError(f"{file}: the run was trained on other images ({stored.get('num_images')} of them)")
     checkpoint.load_weights(model, directory, stored, checkpoint.MODEL_FILE)
     moments = checkpoint.load_arrays(directory, stored, checkpoint.OPTIMIZER_FILE)
@@ -496,6 +497,44 @@ def _restore(out_dir: Path, config: AutoencoderConfig, seed: int, fingerprint: s
         return int(stored["step"]), [list(row) for row in stored["loss_history"]]
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{file}: bad training state ({err})") from None
+
+
+def _check_run(out_dir: Path, steps, resume: bool) -> None:
+    """One-line errors for a bad step count or a run folder that does not fit `resume`."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not resume and checkpoint.has_checkpoint(out_dir):
+        raise ValueError(f"{out_dir} already holds a checkpoint; resume it or choose another folder")
+    if resume and not checkpoint.has_checkpoint(out_dir):
+        raise FileNotFoundError(f"no checkpoint to resume in {out_dir}; start a new run there instead")
+
+
+def _run_steps(model: Autoencoder, optimizer, train_step, batches: data.BatchIterator, step: int,
+               steps: int, history: list, save: Callable[[int], object], checkpoint_every: int,
+               progress: bool, max_seconds: float | None) -> None:
+    """Train from `step` to `steps`, appending [step, loss, rec, kl] to `history`; `save(step)` every
+    `checkpoint_every` steps (0: never), at the end, and when `max_seconds` of wall time ran out."""
+    state = [model.state, optimizer.state, mx.random.state]
+    deadline = math.inf if max_seconds is None else time.perf_counter() + max_seconds
+    bar = tqdm(total=steps, initial=step, desc=f"autoencoder {parameter_count(model) / 1e6:.2f}M",
+               unit="step", disable=not progress, dynamic_ncols=True)
+    with bar:
+        while step < steps:
+            x, _ = next(batches)  # (B, S, S, 3) in [-1, 1], randomly flipped
+            loss, rec, kl = train_step(x)
+            mx.eval(state, loss, rec, kl)
+            step += 1
+            history.append([step, loss.item(), rec.item(), kl.item()])
+            if not math.isfinite(history[-1][1]):
+                raise FloatingPointError(f"autoencoder loss became {history[-1][1]} at step {step}; "
+                                         "lower the learning rate")
+            bar.update()
+            bar.set_postfix(rec=f"{history[-1][2]:.4f}", kl=f"{history[-1][3]:.0f}")
+            out_of_time = time.perf_counter() > deadline
+            if step == steps or out_of_time or (checkpoint_every and step % checkpoint_every == 0):
+                save(step)
+            if out_of_time:
+                break
 
 
 def train_autoencoder(config: AutoencoderConfig, images: np.ndarray, steps: int, out_dir, seed: int = 0,
@@ -513,13 +552,8 @@ def train_autoencoder(config: AutoencoderConfig, images: np.ndarray, steps: int,
     """
     out_dir = Path(out_dir)
     images = _check_images(config, images)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not resume and checkpoint.has_checkpoint(out_dir):
-        raise ValueError(f"{out_dir} already holds a checkpoint; resume it or choose another folder")
-    if resume and not checkpoint.has_checkpoint(out_dir):
-        raise FileNotFoundError(f"no checkpoint to resume in {out_dir}; start a new run there instead")
-    fingerprint = _fingerprint(images)
+    _check_run(out_dir, steps, resume)
+    images_sha256 = fingerprint(images)
     mx.random.seed(seed)
     model = use_fast_cpu_layers(Autoencoder(replace(config)))
     optimizer = make_optimizer(config)  # reads learning_rate, warmup_steps and weight_decay
@@ -527,30 +561,14 @@ def train_autoencoder(config: AutoencoderConfig, images: np.ndarray, steps: int,
     batches = data.BatchIterator(images, np.zeros(len(images), np.int64), config.batch_size, seed=seed)
     step, history = 0, []
     if resume:
-        step, history = _restore(out_dir, config, seed, fingerprint, model, optimizer, batches)
+        step, history = _restore(out_dir, config, seed, images_sha256, model, optimizer, batches)
     if steps < step:
         raise ValueError(f"the run is already at step {step}, past the requested {steps} steps")
-    train_step = make_train_step(model, optimizer, compiled)
-    state = [model.state, optimizer.state, mx.random.state]
-    bar = tqdm(total=steps, initial=step, desc=f"autoencoder {parameter_count(model) / 1e6:.2f}M",
-               unit="step", disable=not progress, dynamic_ncols=True)
-    deadline = math.inf if max_seconds is None else time.perf_counter() + max_seconds
-    with bar:
-        while step < steps:
-            x, _ = next(batches)  # (B, S, S, 3) in [-1, 1], randomly flipped
-            loss, rec, kl = train_step(x)
-            mx.eval(state, loss, rec, kl)
-            step += 1
-            history.append([step, loss.item(), rec.item(), kl.item()])
-            if not math.isfinite(history[-1][1]):
-                raise FloatingPointError(f"autoencoder loss became {history[-1][1]} at step {step}; "
-                                         "lower the learning rate")
-            bar.update()
-            bar.set_postfix(rec=f"{history[-1][2]:.4f}", kl=f"{history[-1][3]:.0f}")
-            out_of_time = time.perf_counter() > deadline
-            if step == steps or out_of_time or (checkpoint_every and step % checkpoint_every == 0):
-                _save(out_dir, model, optimizer, batches, step, seed, history, fingerprint)
-            if out_of_time:
-                break
+
+    def save(at_step: int) -> Path:
+        return _save(out_dir, model, optimizer, batches, at_step, seed, history, images_sha256)
+
+    _run_steps(model, optimizer, make_train_step(model, optimizer, compiled), batches, step, steps, history,
+               save, checkpoint_every, progress, max_seconds)
     model.eval()
     return model, history
