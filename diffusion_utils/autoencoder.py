@@ -450,7 +450,7 @@ def _save(out_dir: Path, model: Autoencoder, optimizer, batches: data.BatchItera
     return checkpoint.save_checkpoint(out_dir / checkpoint.CHECKPOINT_DIR, arrays, meta)
 
 
-def _read(path) -> tuple[Path, dict, AutoencoderConfig]:
+def read_checkpoint(path) -> tuple[Path, dict, AutoencoderConfig]:
     """(checkpoint directory, its config.json, the AutoencoderConfig) with one-line errors."""
     directory, stored = checkpoint.read_config(path)
     file = directory / checkpoint.CONFIG_FILE
@@ -467,7 +467,7 @@ def load_autoencoder(path) -> Autoencoder:
 
     Missing, corrupt or mismatched files raise FileNotFoundError / ValueError with one line.
     """
-    directory, stored, config = _read(path)
+    directory, stored, config = read_checkpoint(path)
     model = use_fast_cpu_layers(Autoencoder(config))
     checkpoint.load_weights(model, directory, stored, checkpoint.MODEL_FILE)
     model.eval()
@@ -477,7 +477,7 @@ def load_autoencoder(path) -> Autoencoder:
 def _restore(out_dir: Path, config: AutoencoderConfig, seed: int, images_sha256: str, model, optimizer,
              batches: data.BatchIterator) -> tuple[int, list]:
     """Load weights, optimizer moments, batch position and random key; returns (step, history)."""
-    directory, stored, stored_config = _read(out_dir)
+    directory, stored, stored_config = read_checkpoint(out_dir)
     file = directory / checkpoint.CONFIG_FILE
     asked = replace(config, scale_factor=stored_config.scale_factor)
     if asked != stored_config or stored.get("seed") != seed:

@@ -28,8 +28,9 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from diffusion_utils.cpu.layers import use_fast_cpu_sampling
 from diffusion_utils.files import fsync_path
@@ -238,11 +239,13 @@ class ModelInfo:
     """What a sampler or evaluator needs to know about a trained model (`load_model` returns one).
 
     class_names: the data set's classes, in label order. prediction: what the network outputs,
-    "eps" (Ho et al. 2020) or "v" (Salimans & Ho 2022). image_size: the training resolution S
-    (samples are (S, S, 3)). step: optimiser steps trained. num_classes: the UNet's classes
-    (0 = unconditional). train_config: the training config as stored in config.json
-    (`TrainConfig.to_dict()`). path: the checkpoint directory (None for a model still in training).
-    ema: True when the EMA weights were loaded.
+    "eps" (Ho et al. 2020) or "v" (Salimans & Ho 2022). image_size: the side S of the images the
+    model makes (samples are (S, S, 3); for a latent model, after decoding). step: optimiser steps
+    trained. num_classes: the UNet's classes (0 = unconditional). train_config: the training config
+    as stored in config.json (`TrainConfig.to_dict()`). path: the checkpoint directory (None for a
+    model still in training). ema: True when the EMA weights were loaded. autoencoder: a latent
+    model's `autoencoder.Autoencoder` (None in pixel space): the denoiser works on its scaled
+    latents, `sample_shape`, and `pipeline.sample_model` decodes them (see `latent.py`).
     """
 
     class_names: tuple[str, ...]
@@ -253,15 +256,31 @@ class ModelInfo:
     train_config: dict
     path: Path | None = None
     ema: bool = True
+    autoencoder: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_train_config(cls, train_config: dict, class_names, step: int, path: Path | None = None,
-                          ema: bool = True) -> ModelInfo:
-        """The info of a model trained with `train_config` (a `TrainConfig.to_dict()`) for `step` steps."""
+                          ema: bool = True, autoencoder=None) -> ModelInfo:
+        """The info of a model trained with `train_config` (a `TrainConfig.to_dict()`) for `step` steps;
+        `autoencoder`: a latent model's, whose downsampling factor turns the UNet's side into pixels."""
+        factor = autoencoder.config.downsampling_factor if autoencoder is not None else 1
         return cls(class_names=tuple(class_names), prediction=train_config.get("prediction", "eps"),
-                   image_size=int(train_config["unet"]["image_size"]), step=int(step),
+                   image_size=int(train_config["unet"]["image_size"]) * factor, step=int(step),
                    num_classes=int(train_config["unet"]["num_classes"]), train_config=train_config,
-                   path=path, ema=ema)
+                   path=path, ema=ema, autoencoder=autoencoder)
+
+    @property
+    def latent(self) -> bool:
+        """True for a latent diffusion model (the denoiser's samples are decoded by `autoencoder`)."""
+        return self.autoencoder is not None
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of what the denoiser samples: (S, S, 3) pixels, or a latent model's (S/f, S/f, c)."""
+        if not self.latent:
+            return (self.image_size, self.image_size, 3)
+        side = self.image_size // self.autoencoder.config.downsampling_factor
+        return (side, side, self.autoencoder.config.latent_channels)
 
     @property
     def null_label(self) -> int | None:
@@ -304,22 +323,32 @@ def _state_of(path) -> tuple[Path, dict] | str:
         return str(err)
 
 
+def _embedded_autoencoder(directory: Path, config: dict):
+    """The autoencoder a latent checkpoint holds (`latent.load_embedded`); None in pixel space."""
+    if "autoencoder" not in config:
+        return None
+    from diffusion_utils import latent  # latent -> autoencoder -> this module
+
+    return latent.load_embedded(directory, config)
+
+
 def load_model(path: str | os.PathLike, ema: bool = True) -> tuple[UNet, NoiseSchedule, ModelInfo]:
     """Rebuild a trained denoiser for sampling or evaluation: (model, schedule, info).
 
     path: a checkpoint directory or a run folder holding `checkpoint/`. ema=True loads the
     EMA weights (better samples), False the raw ones. The model is in eval mode.
     info: a `ModelInfo` (class names, prediction type, image size, step, ...).
+    A latent checkpoint also loads the autoencoder it holds (`info.autoencoder`, `latent.py`).
     Corrupt, truncated, missing or mismatched files raise ValueError / FileNotFoundError (one line).
     """
     name = EMA_FILE if ema else MODEL_FILE
-    directory, config, model = read_consistently(
-        path, lambda d, c: (d, c, load_weights(build_model(d, c), d, c, name)))
+    directory, config, model, autoencoder = read_consistently(
+        path, lambda d, c: (d, c, load_weights(build_model(d, c), d, c, name), _embedded_autoencoder(d, c)))
     model.eval()
     try:
         schedule = NoiseSchedule.from_config(config["schedule"])
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{directory / CONFIG_FILE}: bad schedule config ({err})") from None
     info = ModelInfo.from_train_config(config["train_config"], config["class_names"], config["step"],
-                                       path=directory, ema=ema)
+                                       path=directory, ema=ema, autoencoder=autoencoder)
     return model, schedule, info

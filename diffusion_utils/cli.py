@@ -1,8 +1,8 @@
 """Command-line interface: `python -m diffusion_utils <command> ...`.
 
-One sub-command per job (the README lists them): doctor, notebooks, train, sample, evaluate,
-bench. Each `_cmd_*` function is thin: it parses nothing itself and calls the library, so the
-notebooks and the command line share one code path. Bad input (ValueError, FileNotFoundError)
+One sub-command per job (the README lists them): doctor, notebooks, train, train-autoencoder,
+sample, evaluate, bench. Each `_cmd_*` function is thin: it parses nothing itself and calls the
+library, so the notebooks and the command line share one code path. Bad input (ValueError, FileNotFoundError)
 is printed as a one-line `error: ...` with exit status 2, a failing disk (OSError: read-only, full)
 with status 1, never as a traceback. Numbers are range-checked by `_check_range` before any work.
 """
@@ -23,6 +23,8 @@ from diffusion_utils.paths import SHIPPED_MODEL_DIR
 
 MAX_SAMPLES = 10_000  # per sample/evaluate call: ~30 MB of 32x32 images; more is several calls (seeds)
 MAX_SEED = 2**64 - 1  # MLX's random seed is an unsigned 64-bit integer
+AUTOENCODER_STEPS = 4000  # train-autoencoder's default: a starting point, not yet a measured recipe
+AUTOENCODER_CHECKPOINT_EVERY = 500  # steps; Ctrl-C loses at most this many
 
 
 def _check_range(option: str, value, low, high=None):
@@ -164,6 +166,10 @@ def _cmd_train(args) -> int:
              "batch_size": _check_range("--batch-size", args.batch_size, 1),
              "checkpoint_every": _check_range("--checkpoint-every", args.checkpoint_every, 0),
              "checkpoint_minutes": _check_range("--checkpoint-minutes", args.checkpoint_minutes, 0)}
+    if args.autoencoder is not None:
+        from diffusion_utils import latent
+
+        given["autoencoder"] = latent.reference(args.autoencoder)
     config = train.get_preset(args.preset, **{k: v for k, v in given.items() if v is not None})
     try:
         trainer = train.train(config, args.out, resume=args.resume)
@@ -177,6 +183,34 @@ def _cmd_train(args) -> int:
     if trainer.world.is_main:
         print(f"step {trainer.step}: checkpoint in {trainer.checkpoint_path}, log in "
               f"{trainer.out_dir / 'train.log'}")
+    return 0
+
+
+def _cmd_train_autoencoder(args) -> int:
+    from pathlib import Path
+
+    from diffusion_utils import autoencoder, data, files
+
+    if not args.out.strip():
+        raise ValueError("--out is empty; give the run folder")
+    _check_range("--steps", args.steps, 1)
+    factor = autoencoder.AutoencoderConfig().downsampling_factor
+    if _check_range("--size", args.size, 8, 512) % factor:
+        raise ValueError(f"--size must be a multiple of {factor} (the autoencoder's downsampling), "
+                         f"got {args.size}")
+    config = autoencoder.AutoencoderConfig(image_size=args.size)
+    images = data.load_dataset(args.data, size=args.size).images
+    try:
+        with files.RunLock(args.out):
+            model, history = autoencoder.train_autoencoder(
+                config, images, args.steps, args.out, resume=args.resume,
+                checkpoint_every=AUTOENCODER_CHECKPOINT_EVERY)
+    except FloatingPointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    step, _, rec, _ = history[-1]
+    print(f"step {step}: L1 reconstruction {rec:.4f}, latent scale factor {model.config.scale_factor:.4f}; "
+          f"checkpoint in {Path(args.out) / 'checkpoint'}")
     return 0
 
 
@@ -218,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_doctor(sub)
     _add_notebooks(sub)
     _add_train(sub)
+    _add_train_autoencoder(sub)
     sampling = _sampling_options()
     _add_sample(sub, sampling)
     _add_evaluate(sub, sampling)
@@ -250,7 +285,8 @@ def _add_train(sub) -> None:
     )
     train.add_argument(
         "--preset", required=True, choices=list(PRESETS),
-        help="smoke: seconds (tests); quick: minutes, 16x16; full: the shipped 32x32 recipe",
+        help="smoke: seconds (tests); quick: minutes, 16x16; full: the shipped 32x32 recipe; latent-smoke, "
+        "latent64: in an autoencoder's latent space (with --autoencoder)",
     )
     train.add_argument(
         "--dataset", metavar="NAME|PATH",
@@ -261,6 +297,11 @@ def _add_train(sub) -> None:
         help="run folder; one that holds a checkpoint is only continued, with --resume",
     )
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument(
+        "--autoencoder", metavar="DIR",
+        help="latent presets: the train-autoencoder run whose latents to train on (a copy goes into "
+        "every checkpoint, so sample needs only --checkpoint)",
+    )  # fmt: skip
     train.add_argument(
         "--steps", type=int, metavar="N",
         help="total optimiser steps of the run (default: the preset's); --resume trains until step N",
@@ -280,6 +321,26 @@ def _add_train(sub) -> None:
         "Ctrl-C or SIGTERM saves one too, then exits 130/143 with the command that resumes",
     )  # fmt: skip
     train.set_defaults(func=_cmd_train)
+
+
+def _add_train_autoencoder(sub) -> None:
+    ae = sub.add_parser(
+        "train-autoencoder", help="train the KL autoencoder whose latent space latent presets train in",
+        description="Train the autoencoder of latent diffusion (f = 4, 4 latent channels). A run folder "
+        "holds checkpoint/ with the weights and the latent scale factor.",
+    )  # fmt: skip
+    ae.add_argument(
+        "--data", default="styles", metavar="NAME|PATH",
+        help="styles (default), paintings, or an image folder whose subfolders are the classes",
+    )  # fmt: skip
+    ae.add_argument("--size", type=int, default=64, metavar="S", help="image side in pixels (default 64)")
+    ae.add_argument("--out", required=True, metavar="DIR", help="run folder; continue one with --resume")
+    ae.add_argument(
+        "--steps", type=int, default=AUTOENCODER_STEPS, metavar="N",
+        help=f"total optimiser steps (default {AUTOENCODER_STEPS}); --resume trains until step N",
+    )  # fmt: skip
+    ae.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    ae.set_defaults(func=_cmd_train_autoencoder)
 
 
 def _sampling_options() -> argparse.ArgumentParser:
@@ -335,15 +396,18 @@ def _add_sample(sub, sampling: argparse.ArgumentParser) -> None:
 
 def _add_evaluate(sub, sampling: argparse.ArgumentParser) -> None:
     evaluate = sub.add_parser(
-        "evaluate", parents=[sampling], help="style accuracy, KID and memorisation of a checkpoint",
+        "evaluate", parents=[sampling],
+        help="style and structure accuracy, KID and memorisation of a checkpoint",
         description="Sample n images evenly over the styles and measure them with this project's style "
         "classifier: style accuracy, KID next to its real-vs-real floor, and nearest-training-image "
-        "distances. The features are not Inception's: compare runs of this project, not papers.",
+        "distances; and with its structure classifier (luminance only, palette-blind): structure accuracy, "
+        "overall and per style. The features are not Inception's: compare runs of this project, not papers.",
     )  # fmt: skip
     evaluate.add_argument("--n", type=int, default=128, metavar="N", help="images to sample (default 128)")
     evaluate.add_argument(
         "--classifier-dir", metavar="DIR",
-        help="style-classifier cache (default data/pretrained/style_classifier; trained there if missing)",
+        help="folder for the style and structure classifiers' caches (default data/pretrained/"
+        "style_classifier and data/pretrained/structure_classifier; trained there if missing)",
     )  # fmt: skip
     evaluate.add_argument("--json", action="store_true", help="also print one JSON object (last line)")
     evaluate.set_defaults(func=_cmd_evaluate)

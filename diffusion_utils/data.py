@@ -70,7 +70,8 @@ def read_image(path: str | os.PathLike, size: int) -> np.ndarray:
 
 @dataclass
 class Dataset:
-    """Labelled images: uint8 (N, H, W, 3), int64 labels (N,), names indexed by label."""
+    """Labelled images: uint8 (N, H, W, 3) (or float32 latents, see `latent.py`), int64 labels (N,),
+    names indexed by label."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -229,7 +230,10 @@ def to_uint8(x) -> np.ndarray:
 
 # --------------------------------------------------------------------------- batches
 class BatchIterator:
-    """Infinite, seeded mini-batches: yields (x (B, H, W, 3) float32 in [-1, 1], y (B,) int32).
+    """Infinite, seeded mini-batches: yields (x (B, H, W, C) float32, y (B,) int32).
+
+    uint8 images are converted to [-1, 1] (`to_model_range`); float32 arrays (e.g. the scaled
+    latents of `latent.py`) pass through unchanged.
 
     Epoch `e` visits the images in the order `default_rng([seed, e]).permutation(N)` and
     flips each one horizontally with probability 1/2 (decided by the same generator);
@@ -241,8 +245,8 @@ class BatchIterator:
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0,
                  flip: bool = True):
         images, labels = np.asarray(images), np.asarray(labels)
-        if images.ndim != 4 or images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} "
+        if images.ndim != 4 or images.dtype not in (np.uint8, np.float32):
+            raise ValueError(f"images must be uint8 or float32 (N, H, W, C), got {images.dtype} "
                              f"{images.shape}")
         if labels.shape != (len(images),):
             raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
@@ -273,12 +277,13 @@ class BatchIterator:
             self._epoch_plan()
         sel = slice(self.position, self.position + self.batch_size)
         idx = self._order[sel]
-        x = self.images[idx]  # (B, H, W, C) uint8, a copy
+        x = self.images[idx]  # (B, H, W, C), a copy
         if self.flip:
             f = self._flips[sel]
             x[f] = x[f, :, ::-1]
         self.position += self.batch_size
-        return to_model_range(x), mx.array(self.labels[idx])
+        x = to_model_range(x) if x.dtype == np.uint8 else mx.array(x)
+        return x, mx.array(self.labels[idx])
 
     def state_dict(self) -> dict[str, int]:
         """Where the stream stands: JSON-serialisable {seed, epoch, position}."""

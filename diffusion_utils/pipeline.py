@@ -9,10 +9,12 @@ defaults below. The samplers themselves (the maths) are in `samplers.py`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import NamedTuple
 
 from diffusion_utils import samplers
 from diffusion_utils.checkpoint import ModelInfo
+from diffusion_utils.data import to_uint8
 from diffusion_utils.schedules import NoiseSchedule
 
 import numpy as np
@@ -80,12 +82,15 @@ def sampling_settings(info: ModelInfo, sampler_name: str = DEFAULT_SAMPLER, step
 
 def make_model_sampler(schedule: NoiseSchedule, info: ModelInfo, settings: SamplingSettings,
                        eta: float = 0.0) -> samplers.Sampler:
-    """The sampler `settings` name, for a model predicting `info.prediction`; `eta` is DDIM's."""
+    """The sampler `settings` name, for a model predicting `info.prediction`; `eta` is DDIM's.
+
+    x0 is clipped to [-1, 1] in pixel space only: scaled latents have unit variance, not that range
+    (Rombach et al. 2022 sample latents unclipped)."""
     if settings.sampler != "ddim" and eta != 0:
         raise ValueError(f"eta applies only to the ddim sampler, not {settings.sampler!r}")
     kwargs = {"eta": eta} if settings.sampler == "ddim" else {}
     return samplers.make_sampler(settings.sampler, schedule, settings.steps, prediction=info.prediction,
-                                 **kwargs)
+                                 clip_x0=not info.latent, **kwargs)
 
 
 def sample_model(
@@ -104,8 +109,9 @@ def sample_model(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images from a loaded checkpoint: uint8 (n, S, S, 3) and their labels (n,) int64.
 
-    `model, schedule, info` are what `checkpoint.load_model` returns. `style`: a class name or
-    index, or None for every class evenly (`style_labels`); labels are -1 for an unconditional
+    `model, schedule, info` are what `checkpoint.load_model` returns. A latent model samples
+    `info.sample_shape` latents and each batch is decoded to pixels after the sampler. `style`: a
+    class name or index, or None for every class evenly (`style_labels`); labels are -1 for an unconditional
     model. `steps=None` and `guidance=None` take the defaults of `sampling_settings`. The same
     arguments give the same images.
     """
@@ -116,7 +122,11 @@ def sample_model(
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     labels = style_labels(n, len(info.styles), label)
     sampler = make_model_sampler(schedule, info, settings, eta)
-    images = samplers.sample(model, sampler, (n, info.image_size, info.image_size, 3),
-                             labels if info.styles else None, settings.guidance, info.null_label, seed,
-                             batch_size, progress)
+    finish = to_uint8
+    if info.latent:
+        from diffusion_utils.latent import decode_to_images
+
+        finish = partial(decode_to_images, info.autoencoder)
+    images = samplers.sample(model, sampler, (n, *info.sample_shape), labels if info.styles else None,
+                             settings.guidance, info.null_label, seed, batch_size, progress, finish)
     return images, labels

@@ -456,8 +456,12 @@ def sample(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = False,
+    finish: Callable[[mx.array], np.ndarray] = to_uint8,
 ) -> np.ndarray:
     """Generate images of `shape` (N, H, W, 3) with `sampler`; returns them as uint8 numpy.
+
+    `finish` turns each batch's final sample into what is returned (default `to_uint8`; a latent
+    model's decoder for `pipeline.sample_model`).
 
     `sampler` carries its own settings (timesteps, prediction type, clipping, eta). `labels`:
     None (unconditional), one class index for all, or one per image; with `guidance` != 1,
@@ -483,7 +487,7 @@ def sample(
             for out in generate(model, sampler, (b, *shape[1:]), y, guidance, key, null_label):
                 mx.eval(out.prev_sample)
                 bar.update()
-            images.append(to_uint8(out.prev_sample))
+            images.append(finish(out.prev_sample))
     return np.concatenate(images)
 
 

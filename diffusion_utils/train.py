@@ -64,6 +64,9 @@ _TRAIN_FIELD_CHECKS: tuple[Row, ...] = (
     ("ema_decay", lambda x: is_number(x) and 0 <= x < 1, "a number in [0, 1)"),
     ("label_dropout", lambda x: is_number(x) and 0 <= x < 1, "a number in [0, 1)"),
     ("dataset", lambda name: isinstance(name, str) and bool(name), "a data set name or folder"),
+    ("autoencoder", lambda ref: ref is None or (isinstance(ref, dict) and set(ref) == {"path", "sha256"}
+                                                and all(isinstance(v, str) and v for v in ref.values())),
+     "None or {'path': ..., 'sha256': ...} (latent.reference)"),
 )
 
 
@@ -73,7 +76,7 @@ class TrainConfig:
 
     preset: str = "custom"
     dataset: str = "styles"  # "styles", "paintings" or an image folder (subfolders = classes)
-    image_size: int = 32
+    image_size: int = 32  # the side the UNet works at: pixels, or latents for a latent run
     unet: UNetConfig = field(default_factory=UNetConfig)  # num_classes is set from the data set
     schedule: str = "cosine"  # Nichol & Dhariwal 2021: better than linear at 32x32
     num_timesteps: int = 1000  # T
@@ -92,6 +95,8 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # also a checkpoint once this much time passed since the last; 0: off
     preview_every: int = 0  # sample grid PNG every N steps; 0: only at the end; -1: never
     seed: int = 0
+    # a latent run (latent.py): {"path", "sha256"} of the autoencoder whose scaled latents it trains on
+    autoencoder: dict | None = None
 
     def __post_init__(self):
         if isinstance(self.unet, dict):
@@ -154,6 +159,24 @@ PRESETS: dict[str, TrainConfig] = {
                         attention_resolutions=(8,)),
         prediction="v", batch_size=32, learning_rate=1e-3, warmup_steps=100, ema_decay=0.999,
         steps=1600, log_every=50, checkpoint_every=200, preview_every=400,
+    ),
+    # seconds, like smoke, in the 4x4x4 latent space of a 16 px autoencoder (train-autoencoder --size 16)
+    "latent-smoke": TrainConfig(
+        preset="latent-smoke", image_size=4,
+        unet=UNetConfig(image_size=4, in_channels=4, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(2,), groups=4),
+        num_timesteps=1000, batch_size=8, learning_rate=2e-3, warmup_steps=5, ema_decay=0.9,
+        steps=30, log_every=5, checkpoint_every=0, preview_every=-1,
+    ),
+    # 64 px art in the 16x16x4 latent space of a 64 px autoencoder (Rombach et al. 2022): `full`'s recipe
+    # with the width moved to where a latent's structure is (16, 8 and 4 latent pixels, attention at 8 and
+    # 4). The step count is a starting point, not yet a measured recipe (no latent model is trained yet).
+    "latent64": TrainConfig(
+        preset="latent64", image_size=16,
+        unet=UNetConfig(image_size=16, in_channels=4, base_channels=64, channel_mults=(1, 2, 2),
+                        num_res_blocks=2, attention_resolutions=(8, 4)),
+        prediction="v", batch_size=32, learning_rate=1e-3, warmup_steps=100, ema_decay=0.999,
+        steps=4000, log_every=50, checkpoint_every=200, preview_every=400,
     ),
 }
 
@@ -372,6 +395,8 @@ class Trainer:
     Pass `dataset` (a `data.Dataset`) to train on images already in memory; by default
     `data.load_dataset(config.dataset, config.image_size, config.seed)` is used. Building a
     Trainer seeds MLX's global random generator with `config.seed` (the step draws from it).
+    A latent run (`config.autoencoder` set) trains on the images' scaled latents, encoded once and
+    cached in `out_dir/latents/`, and saves its autoencoder in every checkpoint (see `latent.py`).
     """
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, dataset: data.Dataset | None = None,
@@ -383,11 +408,7 @@ class Trainer:
         if _state is None and checkpoint.has_checkpoint(self.out_dir):
             raise ValueError(f"{self.out_dir} already holds a checkpoint; resume it (--resume) or "
                              "choose another output folder")
-        self.dataset = dataset if dataset is not None else data.load_dataset(
-            config.dataset, size=config.image_size, seed=config.seed)
-        if self.dataset.images.shape[1:3] != (config.image_size, config.image_size):
-            raise ValueError(f"the data set's images are {self.dataset.images.shape[1:3]}, the config "
-                             f"trains at {config.image_size}x{config.image_size}")
+        self.dataset, self.autoencoder = self._load_data(config, dataset)
         classes = len(self.dataset.class_names)
         self.config = replace(config, unet=replace(config.unet, num_classes=classes if classes > 1 else 0))
         self.null_label = self.config.unet.num_classes or None  # the "no class" label for guidance
@@ -397,8 +418,8 @@ class Trainer:
         self.schedule = make_schedule(self.config.schedule, self.config.num_timesteps)
         self.optimizer = make_optimizer(self.config)
         self.optimizer.init(self.model.trainable_parameters())
-        self.batches = data.BatchIterator(self.dataset.images, self.dataset.labels,
-                                          self.config.batch_size, seed=self.config.seed)
+        self.batches = data.BatchIterator(self.dataset.images, self.dataset.labels, self.config.batch_size,
+                                          seed=self.config.seed, flip=self.autoencoder is None)
         self.step, self.history, self.saved_step = 0, [], None
         self.ema = self.model.trainable_parameters()  # MLX arrays are immutable: no copy needed
         self.world, self.trained_world_size = distributed.world(), None  # None: a new run
@@ -407,6 +428,24 @@ class Trainer:
             self._restore(*_state)
         self.state = [self.model.state, self.optimizer.state, mx.random.state]
         self.train_step = self._make_train_step(compiled)
+
+    def _load_data(self, config: TrainConfig, dataset: data.Dataset | None) -> tuple[data.Dataset, object]:
+        """(what the UNet trains on, the autoencoder of a latent run or None), shapes checked."""
+        size, channels = config.image_size, config.unet.in_channels
+        autoencoder = None
+        if config.autoencoder is not None:
+            from diffusion_utils import latent  # latent -> autoencoder -> this module
+
+            dataset, autoencoder = latent.prepare(config, self.out_dir, dataset)
+        elif channels != 3:
+            raise ValueError(f"preset {config.preset} trains on {channels}-channel latents: pass the "
+                             "autoencoder they come from (--autoencoder DIR)")
+        elif dataset is None:
+            dataset = data.load_dataset(config.dataset, size=size, seed=config.seed)
+        if dataset.images.shape[1:] != (size, size, channels):
+            raise ValueError(f"the data set is {dataset.images.shape[1:]} per image, the config trains on "
+                             f"({size}, {size}, {channels})")
+        return dataset, autoencoder
 
     def _make_train_step(self, compiled: bool) -> Callable:
         """`make_train_step` for this run; compiled, the fastest form for this machine (on a multi-core
@@ -485,6 +524,12 @@ class Trainer:
             checkpoint.EMA_FILE: checkpoint.flat_arrays(self.ema),
             checkpoint.OPTIMIZER_FILE: checkpoint.flat_arrays(self.optimizer.state),
         }
+        if self.autoencoder is not None:  # a latent checkpoint samples pixels on its own
+            from diffusion_utils import latent
+
+            extra_arrays, extra_meta = latent.embedded_parts(self.autoencoder)
+            arrays.update(extra_arrays)
+            meta.update(extra_meta)
         path = checkpoint.save_checkpoint(self.checkpoint_path, arrays, meta) if self.world.is_main \
             else self.checkpoint_path
         self.saved_step, self._saved_at = self.step, time.monotonic()
@@ -509,7 +554,7 @@ class Trainer:
     def info(self) -> checkpoint.ModelInfo:
         """What `checkpoint.load_model` would say about this run's model now (for the samplers)."""
         config, names = self.config.to_dict(), self.dataset.class_names
-        return checkpoint.ModelInfo.from_train_config(config, names, self.step)
+        return checkpoint.ModelInfo.from_train_config(config, names, self.step, autoencoder=self.autoencoder)
 
     def preview(self, per_class: int = 4, seed: int = 0) -> np.ndarray:
         """Samples from the EMA weights with the samplers' defaults, uint8 (n, H, W, 3).
@@ -545,6 +590,11 @@ class Trainer:
         self._log(f"# run {start} {self.step} -> {total} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
         self._log(f"# data: {self.config.dataset} ({len(self.dataset)} images, classes "
                   f"{', '.join(self.dataset.class_names)})")
+        if self.autoencoder is not None:
+            source = self.config.autoencoder
+            self._log(f"# latents: {self.dataset.images.shape[1:]} per image (each image and its mirror), "
+                      f"scale factor {self.autoencoder.config.scale_factor:.5f}, from the autoencoder "
+                      f"{source['path']} (weights sha256 {source['sha256']})")
         self._log(f"# model: {parameter_count(self.model) / 1e6:.2f}M parameters, "
                   f"{forward_flops / 1e9:.3f} GFLOP/image forward; device {mx.default_device()}")
         self._log("# config: " + json.dumps(self.config.to_dict(), sort_keys=True))

@@ -107,7 +107,7 @@ def test_config_round_trip_and_validation():
         train.TrainConfig.from_dict({**config.to_dict(), "lr": 1.0})
     with pytest.raises(ValueError, match="unknown preset"):
         train.get_preset("huge")
-    assert set(train.PRESETS) == {"smoke", "quick", "full"}
+    assert set(train.PRESETS) == {"smoke", "quick", "full", "latent-smoke", "latent64"}
 
 
 def _step_pair(compiled):
