@@ -133,6 +133,10 @@ def test_cli_train_autoencoder_train_latent_and_sample(tmp_path):
     trained = _cli("train", "--preset", "latent-smoke", "--autoencoder", "ae", "--dataset", "art",
                    "--out", "ldm", "--steps", "1", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
+    resumed = _cli("train", "--preset", "latent-smoke", "--autoencoder", "ae", "--dataset", "art",
+                   "--out", "ldm", "--steps", "2", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "step 2: checkpoint in ldm/checkpoint" in resumed.stdout
     shutil.rmtree(tmp_path / "ae")  # the latent checkpoint samples on its own
     sampled = _cli("sample", "--checkpoint", "ldm", "--n", "2", "--steps", "2", "--out", "g.png",
                    "--save-npz", "s.npz", cwd=tmp_path)
