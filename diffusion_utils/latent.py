@@ -75,9 +75,11 @@ def encode_dataset(model: Autoencoder, dataset: data.Dataset, batch_size: int = 
     return data.Dataset(latents.astype(np.float32), np.concatenate([dataset.labels] * 2), dataset.class_names)
 
 
-def latent_dataset(model: Autoencoder, sha256: str, dataset: data.Dataset, run_dir: Path) -> data.Dataset:
+def latent_dataset(model: Autoencoder, sha256: str, dataset: data.Dataset, run_dir: Path,
+                   write_cache: bool = True) -> data.Dataset:
     """`encode_dataset(model, dataset)`, from `run_dir/latents/` when that cache was made from the same
-    autoencoder weights (`sha256`) and the same images; otherwise encoded and cached there."""
+    autoencoder weights (`sha256`) and the same images; otherwise encoded, and cached there when
+    `write_cache` (with several ranks sharing a run folder, only rank 0 writes)."""
     key = {"autoencoder_sha256": sha256, "data_sha256": autoencoder.fingerprint(dataset.images),
            "class_names": list(dataset.class_names)}
     cache = Path(run_dir) / LATENTS_DIR
@@ -85,6 +87,8 @@ def latent_dataset(model: Autoencoder, sha256: str, dataset: data.Dataset, run_d
     if cached is not None:
         return cached
     latents = encode_dataset(model, dataset)
+    if not write_cache:
+        return latents
     arrays = {"latents": mx.array(latents.images), "labels": mx.array(latents.labels.astype(np.int32))}
     meta = {"kind": LATENTS_KIND, "train_config": {}, "schedule": None, "step": 0, **key,
             "num_images": len(latents), "scale_factor": model.config.scale_factor}
@@ -108,16 +112,18 @@ def _read_cache(cache: Path, key: dict) -> data.Dataset | None:
     return data.Dataset(latents, labels, tuple(key["class_names"]))
 
 
-def prepare(config, run_dir: Path, dataset: data.Dataset | None = None) -> tuple[data.Dataset, Autoencoder]:
+def prepare(config, run_dir: Path, dataset: data.Dataset | None = None,
+            write_cache: bool = True) -> tuple[data.Dataset, Autoencoder]:
     """(scaled latents of the data set, the autoencoder) for a latent `TrainConfig`: the Trainer's data.
 
-    `dataset`: uint8 images at the autoencoder's size, or None for `data.load_dataset(config.dataset)`.
+    `dataset`: uint8 images at the autoencoder's size, or None for `data.load_dataset(config.dataset)`;
+    `write_cache`: see `latent_dataset`.
     """
     model = load_referenced(config.autoencoder)
     check_sizes(model, config.image_size, config.unet.in_channels, config.preset)
     if dataset is None:
         dataset = data.load_dataset(config.dataset, size=model.config.image_size, seed=config.seed)
-    return latent_dataset(model, config.autoencoder["sha256"], dataset, run_dir), model
+    return latent_dataset(model, config.autoencoder["sha256"], dataset, run_dir, write_cache), model
 
 
 def embedded_parts(model: Autoencoder) -> tuple[dict, dict]:

@@ -408,6 +408,7 @@ class Trainer:
         if _state is None and checkpoint.has_checkpoint(self.out_dir):
             raise ValueError(f"{self.out_dir} already holds a checkpoint; resume it (--resume) or "
                              "choose another output folder")
+        self.world, self.trained_world_size = distributed.world(), None  # None: a new run
         self.dataset, self.autoencoder = self._load_data(config, dataset)
         classes = len(self.dataset.class_names)
         self.config = replace(config, unet=replace(config.unet, num_classes=classes if classes > 1 else 0))
@@ -422,7 +423,6 @@ class Trainer:
                                           seed=self.config.seed, flip=self.autoencoder is None)
         self.step, self.history, self.saved_step = 0, [], None
         self.ema = self.model.trainable_parameters()  # MLX arrays are immutable: no copy needed
-        self.world, self.trained_world_size = distributed.world(), None  # None: a new run
         self.world.shard_sizes(self.config.batch_size)  # at least one image per rank
         if _state is not None:
             self._restore(*_state)
@@ -436,7 +436,7 @@ class Trainer:
         if config.autoencoder is not None:
             from diffusion_utils import latent  # latent -> autoencoder -> this module
 
-            dataset, autoencoder = latent.prepare(config, self.out_dir, dataset)
+            dataset, autoencoder = latent.prepare(config, self.out_dir, dataset, self.world.is_main)
         elif channels != 3:
             raise ValueError(f"preset {config.preset} trains on {channels}-channel latents: pass the "
                              "autoencoder they come from (--autoencoder DIR)")
