@@ -6,6 +6,10 @@ scales, checkpoints); they are not comparable with FID/KID values in papers.
 
 - Style accuracy (`classifier.style_accuracy`): the fraction of conditional samples that the
   classifier assigns to the style they were asked for.
+- Structure accuracy: the same with the structure classifier (`classifier.py`, luminance only,
+  trained on randomly recoloured images). The style classifier rewards a right palette; this
+  one asks whether the sample has its style's shapes (stripes, rings, lead lines, trails).
+  Both are reported overall and per style (`per_style`): an average hides a style that fails.
 - KID, the Kernel Inception Distance (Binkowski et al. 2018, "Demystifying MMD GANs"): the
   unbiased estimator of the squared maximum mean discrepancy (Gretton et al. 2012, eq. 3) with
   the polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets. KID is noisy
@@ -40,9 +44,8 @@ from diffusion_utils.classifier import (
     check_images,
     embed,
     load_or_train_classifier,
-    style_accuracy,
+    predict,
 )
-from diffusion_utils.paths import STYLE_CLASSIFIER_DIR
 
 import numpy as np
 
@@ -201,6 +204,38 @@ def _checked_inputs(samples, train_images, held_out_images) -> tuple[np.ndarray,
     return samples, held_out[: 2 * n]
 
 
+def _mean_or_none(hits: np.ndarray) -> float | None:
+    return float(hits.mean()) if len(hits) else None
+
+
+def style_and_structure_accuracy(
+    classifier: StyleClassifier, structure_classifier: StyleClassifier | None,
+    samples: np.ndarray, labels: np.ndarray,
+) -> dict:  # fmt: skip
+    """Style and structure accuracy of uint8 samples (n, H, W, 3) asked for `labels` (n,).
+
+    Overall and per style. Labels index `styles.STYLES`; -1 (unconditional) samples are left out. Returns
+    {"style_accuracy", "structure_accuracy", "n_labelled", "per_style": {style: {"style_accuracy",
+    "structure_accuracy", "n"}}} with None where there is nothing to measure (no labelled
+    samples, or no structure classifier).
+    """
+    labelled = np.asarray(labels) >= 0
+    samples, labels = samples[labelled], np.asarray(labels)[labelled]
+    judges = {"style_accuracy": classifier, "structure_accuracy": structure_classifier}
+    hits = {
+        name: predict(judge, samples) == labels if judge is not None and len(labels) else None
+        for name, judge in judges.items()
+    }  # (n_labelled,) bool each
+    per_style = {
+        style: {name: None if h is None else _mean_or_none(h[labels == k]) for name, h in hits.items()}
+        | {"n": int((labels == k).sum())}
+        for k, style in enumerate(styles.STYLES)
+        if (labels == k).any()
+    }
+    overall = {name: None if h is None else _mean_or_none(h) for name, h in hits.items()}
+    return {**overall, "n_labelled": int(labelled.sum()), "per_style": per_style}
+
+
 def evaluate_samples(
     classifier: StyleClassifier,
     samples: np.ndarray,
@@ -209,11 +244,13 @@ def evaluate_samples(
     held_out_images: np.ndarray,
     n_subsets: int = 100,
     seed: int = 0,
+    structure_classifier: StyleClassifier | None = None,
 ) -> dict:
     """Every metric for n generated images, as a JSON-safe dict.
 
     samples uint8 (n, H, W, 3); labels (n,) the style each sample was asked for, -1 (or None)
-    for unconditional ones; train_images uint8 (M, H, W, 3) the model's training set (searched
+    for unconditional ones; `structure_classifier` (optional) gives `structure_accuracy`;
+    train_images uint8 (M, H, W, 3) the model's training set (searched
     with their mirror images too, as training sees random horizontal flips);
     held_out_images uint8 (>= 2n, H, W, 3) real images the model never saw: the first n are the
     KID reference, the next n give the real-vs-real floor, all 2n the memorisation baseline.
@@ -226,13 +263,9 @@ def evaluate_samples(
     kid_mean, kid_std = kid(embed(classifier, samples), real[:n], n_subsets=n_subsets, seed=seed)
     floor_mean, floor_std = kid_real_floor(real, n, n_subsets=n_subsets, seed=seed)
     labels = np.full(n, -1) if labels is None else np.asarray(labels)
-    labelled = labels >= 0
     return {
         "n": n,
-        "style_accuracy": (
-            style_accuracy(classifier, samples[labelled], labels[labelled]) if labelled.any() else None
-        ),
-        "n_labelled": int(labelled.sum()),
+        **style_and_structure_accuracy(classifier, structure_classifier, samples, labels),
         "kid": kid_mean,
         "kid_std": kid_std,
         "kid_real_floor": floor_mean,
@@ -259,13 +292,27 @@ def _stage_seconds(clock: dict[str, float]) -> dict[str, float]:
     return {**seconds, "total": round(clock[stages[-1]] - clock[stages[0]], 2)}
 
 
-def _score_against_real(classifier: StyleClassifier, images: np.ndarray, labels: np.ndarray,
+def _score_against_real(judges: dict, images: np.ndarray, labels: np.ndarray,
                         info: checkpoint.ModelInfo, seed: int) -> dict:
     """`evaluate_samples` against the checkpoint's training set and 2n fresh held-out style images."""
     size, n = info.image_size, len(images)
     trained = data.load_dataset(info.train_config["dataset"], size=size, seed=info.train_config["seed"])
     held_out, _ = styles.held_out_styles(2 * n, size=size, seed=seed)
-    return evaluate_samples(classifier, images, labels, trained.images, held_out, seed=seed)
+    return evaluate_samples(judges["rgb"][0], images, labels, trained.images, held_out, seed=seed,
+                            structure_classifier=judges["structure"][0])
+
+
+def load_judges(image_size: int, cache_dir: str | os.PathLike | None = None,
+                progress: bool = False) -> dict[str, tuple[StyleClassifier, dict]]:
+    """{"rgb": style classifier, "structure": structure classifier}, each `(model, info)`.
+
+    From `cache_dir` (both caches there) or, when None, each from its default folder under
+    `data/pretrained/`; trained and cached there when missing (see `load_or_train_classifier`).
+    """
+    return {
+        kind: load_or_train_classifier(cache_dir, image_size=image_size, progress=progress, input=kind)
+        for kind in ("rgb", "structure")
+    }
 
 
 def evaluate_checkpoint(
@@ -284,10 +331,10 @@ def evaluate_checkpoint(
     Loads the EMA weights (`checkpoint.load_model`), samples with `pipeline.sample_model`
     (`steps`/`guidance` None: its defaults), and scores with `evaluate_samples` against the
     model's training set (rebuilt from its stored config) and 2n held-out images
-    (`styles.held_out_styles`). Only for models trained on the art styles: the classifier
-    (cached in `cache_dir`, default `paths.STYLE_CLASSIFIER_DIR`) knows no other classes.
-    Returns `evaluate_samples`' dict plus checkpoint, step, sampler, steps, guidance, eta,
-    seed, the classifier's own held-out accuracy and wall times ("seconds").
+    (`styles.held_out_styles`). Only for models trained on the art styles: the classifiers
+    (`load_judges(size, cache_dir)`) know no other classes. Returns `evaluate_samples`' dict
+    (with structure accuracy) plus checkpoint, step, sampler, steps, guidance, eta, seed, both
+    classifiers' own held-out accuracy and wall times ("seconds").
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 4:
         raise ValueError(f"n must be an integer >= 4 (KID needs pairs of subsets), got {n!r}")
@@ -302,16 +349,15 @@ def evaluate_checkpoint(
         guidance=settings.guidance, seed=seed, progress=progress,
     )  # fmt: skip
     clock["sample"] = time.perf_counter()
-    classifier, classifier_info = load_or_train_classifier(
-        STYLE_CLASSIFIER_DIR if cache_dir is None else cache_dir, image_size=size, progress=progress
-    )
+    judges = load_judges(size, cache_dir, progress)
     clock["classifier"] = time.perf_counter()
-    report = _score_against_real(classifier, images, labels, info, seed)
+    report = _score_against_real(judges, images, labels, info, seed)
     clock["metrics"] = time.perf_counter()
     run = {"eta": float(eta), "seed": seed, "checkpoint": str(info.path), "step": info.step,
            "image_size": size}
     return {**report, **settings._asdict(), **run, "seconds": _stage_seconds(clock),
-            "classifier_held_out_accuracy": classifier_info["held_out_accuracy"]}
+            "classifier_held_out_accuracy": judges["rgb"][1]["held_out_accuracy"],
+            "structure_classifier_held_out_accuracy": judges["structure"][1]["held_out_accuracy"]}
 
 
 def format_report(report: dict) -> str:
@@ -325,6 +371,9 @@ def format_report(report: dict) -> str:
         ("style accuracy", "n/a (unconditional)" if accuracy is None else
          f"{accuracy:.3f} of {report['n_labelled']} (the classifier itself: "
          f"{report['classifier_held_out_accuracy']:.3f} on real held-out images)"),
+        ("structure acc.", "n/a (unconditional)" if accuracy is None else
+         f"{report['structure_accuracy']:.3f} of {report['n_labelled']} (luminance only, palette-blind; "
+         f"itself: {report['structure_classifier_held_out_accuracy']:.3f} on real held-out images)"),
         ("KID", f"{report['kid']:.4f} +- {report['kid_std']:.4f}   real-vs-real floor "
                 f"{report['kid_real_floor']:.4f} +- {report['kid_real_floor_std']:.4f}   "
                 f"(n = {report['n']}, {report['kid_n_subsets']} subsets of {report['kid_subset_size']})"),
@@ -337,4 +386,18 @@ def format_report(report: dict) -> str:
         ("time", f"{s['total']:.1f} s (load {s['load']:.1f}, sample {s['sample']:.1f}, classifier "
                  f"{s['classifier']:.1f}, metrics {s['metrics']:.1f})"),
     ]  # fmt: skip
-    return "\n".join(f"{name:>15}  {value}" for name, value in lines)
+    table = "\n".join(f"{name:>15}  {value}" for name, value in lines)
+    return "\n".join([table, *_per_style_table(report["per_style"])])
+
+
+def _per_style_table(per_style: dict) -> list[str]:
+    """Lines of a per-style table: style accuracy beside structure accuracy (empty if unconditional)."""
+    if not per_style:
+        return []
+
+    def cell(x):
+        return "   n/a" if x is None else f"{x:6.3f}"
+
+    rows = [f"{style:>15}  {cell(a['style_accuracy'])}  {cell(a['structure_accuracy'])}     {a['n']:3d}"
+            for style, a in per_style.items()]
+    return [f"{'per style':>15}  {'style':>6}  {'structure':>9}  {'n':>3}", *rows]

@@ -14,6 +14,7 @@ PAINTINGS_DIR = DATA_DIR / "paintings"  # the Met thumbnails and metadata.csv
 PRETRAINED_DIR = DATA_DIR / "pretrained"
 SHIPPED_MODEL_DIR = PRETRAINED_DIR / "styles32"  # default of sample/evaluate, notebook 04, README
 STYLE_CLASSIFIER_DIR = PRETRAINED_DIR / "style_classifier"  # cache of the evaluation classifier
+STRUCTURE_CLASSIFIER_DIR = PRETRAINED_DIR / "structure_classifier"  # the palette-blind judge's cache
 NOTEBOOK_DIR = REPO_DIR / "notebooks"
 OUTPUTS_DIR = REPO_DIR / "outputs"  # default home of what the notebooks make
 BENCHMARKS_DIR = REPO_DIR / "benchmarks"
