@@ -69,10 +69,11 @@ class AutoencoderConfig:
     num_res_blocks: int = 1  # residual blocks per level, in encoder and decoder
     latent_channels: int = 4  # as LDM's f=4 model and Stable Diffusion's VAE
     groups: int = 8  # GroupNorm groups; must divide every channel count
-    attention: bool = True  # one self-attention block in the middle of encoder and decoder (16x16)
+    attention: bool = False  # self-attention mid encoder and decoder (LDM's f=4 model has none)
     kl_weight: float = 1e-6  # LDM's weight on the per-image KL sum (see the module docstring)
     scale_factor: float = 1.0  # 1 / std of the training latents; set by `train_autoencoder`
     batch_size: int = 16
+    crop_size: int = 32  # training windows: random crops this side (image_size: whole images)
     learning_rate: float = 1e-3  # AdamW via train.make_optimizer, after a linear warm-up
     warmup_steps: int = 50
     weight_decay: float = 0.0
@@ -105,7 +106,7 @@ class AutoencoderConfig:
             return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
         for name in ("image_size", "in_channels", "num_res_blocks", "latent_channels", "groups",
-                     "batch_size"):
+                     "batch_size", "crop_size"):
             check(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
         check(is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
         check(len(self.channels) >= 1 and all(is_int(c) and c >= 1 for c in self.channels), "channels",
@@ -114,6 +115,8 @@ class AutoencoderConfig:
               f"of channels {list(self.channels)}")
         check(self.image_size % self.downsampling_factor == 0, "image_size",
               f"a multiple of the downsampling factor {self.downsampling_factor}")
+        check(self.crop_size <= self.image_size and self.crop_size % self.downsampling_factor == 0,
+              "crop_size", f"at most image_size and a multiple of {self.downsampling_factor}")
         check(isinstance(self.attention, bool), "attention", "true or false")
         check(is_number(self.kl_weight) and self.kl_weight >= 0, "kl_weight", "a number >= 0")
         check(is_number(self.scale_factor) and self.scale_factor > 0, "scale_factor", "a number > 0")
@@ -558,7 +561,8 @@ def train_autoencoder(config: AutoencoderConfig, images: np.ndarray, steps: int,
     model = use_fast_cpu_layers(Autoencoder(replace(config)))
     optimizer = make_optimizer(config)  # reads learning_rate, warmup_steps and weight_decay
     optimizer.init(model.trainable_parameters())
-    batches = data.BatchIterator(images, np.zeros(len(images), np.int64), config.batch_size, seed=seed)
+    batches = data.BatchIterator(images, np.zeros(len(images), np.int64), config.batch_size, seed=seed,
+                                 crop=config.crop_size)
     step, history = 0, []
     if resume:
         step, history = _restore(out_dir, config, seed, images_sha256, model, optimizer, batches)

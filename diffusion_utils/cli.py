@@ -198,7 +198,8 @@ def _cmd_train_autoencoder(args) -> int:
     if _check_range("--size", args.size, 8, 512) % factor:
         raise ValueError(f"--size must be a multiple of {factor} (the autoencoder's downsampling), "
                          f"got {args.size}")
-    config = autoencoder.AutoencoderConfig(image_size=args.size)
+    config = autoencoder.AutoencoderConfig(image_size=args.size,
+                                           crop_size=min(args.size, autoencoder.AutoencoderConfig.crop_size))
     images = data.load_dataset(args.data, size=args.size).images
     try:
         with files.RunLock(args.out):

@@ -236,14 +236,16 @@ class BatchIterator:
     latents of `latent.py`) pass through unchanged.
 
     Epoch `e` visits the images in the order `default_rng([seed, e]).permutation(N)` and
-    flips each one horizontally with probability 1/2 (decided by the same generator);
-    the last `N % B` images of an epoch's order are dropped so every batch is full.
+    flips each one horizontally with probability 1/2 (decided by the same generator); with
+    `crop` set, each image is cut to a random `crop` x `crop` square (corner from the same
+    generator), so an autoencoder can train on small windows of large images.
+    The last `N % B` images of an epoch's order are dropped so every batch is full.
     Because an epoch's order depends only on `(seed, epoch)`, `state_dict()` =
     {seed, epoch, position} is enough to resume the exact same stream of batches.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0,
-                 flip: bool = True):
+                 flip: bool = True, crop: int | None = None):
         images, labels = np.asarray(images), np.asarray(labels)
         if images.ndim != 4 or images.dtype not in (np.uint8, np.float32):
             raise ValueError(f"images must be uint8 or float32 (N, H, W, C), got {images.dtype} "
@@ -253,10 +255,13 @@ class BatchIterator:
         if isinstance(batch_size, bool) or not 1 <= batch_size <= len(images):
             raise ValueError(f"batch_size must be between 1 and the number of images "
                              f"({len(images)}), got {batch_size}")
+        if crop is not None and not 1 <= crop <= min(images.shape[1:3]):
+            raise ValueError(f"crop must be between 1 and the image side {min(images.shape[1:3])}, "
+                             f"got {crop}")
         self.images, self.labels = images, labels.astype(np.int32)
-        self.batch_size, self.seed, self.flip = int(batch_size), int(seed), bool(flip)
+        self.batch_size, self.seed, self.flip, self.crop = int(batch_size), int(seed), bool(flip), crop
         self.epoch, self.position = 0, 0
-        self._order = self._flips = None
+        self._order = self._flips = self._corners = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -266,6 +271,9 @@ class BatchIterator:
         rng = np.random.default_rng([self.seed, self.epoch])
         self._order = rng.permutation(len(self.images))
         self._flips = rng.random(len(self.images)) < 0.5
+        if self.crop is not None:  # (N, 2) top-left corners, drawn after the flips
+            spare = np.array(self.images.shape[1:3]) - self.crop + 1
+            self._corners = (rng.random((len(self.images), 2)) * spare).astype(np.int64)
 
     def __iter__(self) -> BatchIterator:
         return self
@@ -281,6 +289,9 @@ class BatchIterator:
         if self.flip:
             f = self._flips[sel]
             x[f] = x[f, :, ::-1]
+        if self.crop is not None:
+            x = np.stack([image[r:r + self.crop, c:c + self.crop] for image, (r, c)
+                          in zip(x, self._corners[sel], strict=True)])
         self.position += self.batch_size
         x = to_model_range(x) if x.dtype == np.uint8 else mx.array(x)
         return x, mx.array(self.labels[idx])

@@ -13,7 +13,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-TINY = dict(image_size=16, channels=(8, 16, 16), groups=4, attention=False, batch_size=8,
+TINY = dict(image_size=16, crop_size=16, channels=(8, 16, 16), groups=4, attention=False, batch_size=8,
             learning_rate=2e-3, warmup_steps=5)
 STEPS = 60
 
