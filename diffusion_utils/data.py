@@ -5,9 +5,11 @@ and `to_uint8` convert to and from the float32 `[-1, 1]` range the models work i
 
 - **Art styles** (`STYLES`, `make_styles`): drawn by the procedural painters of
   `styles.py`; the two names are re-exported here because they are the course's data API.
-- **Paintings** (`load_paintings`): 64x64 thumbnails of the 174 public-domain paintings of
+- **Paintings** (`load_paintings`): 128x128 thumbnails of the 174 public-domain paintings of
   the Met's Open Access collection, committed under `data/paintings/` (built by
   `data/build_paintings.py`; see `data/README.md` for sources and licences).
+- **Styles plus paintings** (`load_dataset("styles+paintings")`): the 8 styles and one extra
+  class "painting" made of seeded random crops of the paintings (`painting_crops`).
 - **Your own images** (`load_image_folder`): a folder whose subfolders are the classes.
 - **A photograph** (`load_photo`): matplotlib's bundled `grace_hopper.jpg`, for image-to-image.
 - **Batches** (`BatchIterator`): infinite, seeded, reshuffled every epoch, random
@@ -34,6 +36,8 @@ from PIL import Image, ImageOps
 
 DEFAULT_STYLES_N = 8192  # default "styles" training set: 1024 per style, ~3 s to draw at 32 px
 PAINTINGS_ERAS = ("before_1500", "1500_1699", "1700_onwards")  # labels of the paintings set
+STYLES_PLUS_PAINTINGS = "styles+paintings"  # data set name: the 8 styles + one class of painting crops
+PAINTING_CLASS = "painting"  # that class's name, after `STYLES`
 
 
 # --------------------------------------------------------------------------- image files
@@ -146,12 +150,8 @@ def load_image_folder(path: str | os.PathLike, size: int = 32) -> Dataset:
                    tuple(name for name, _ in groups))
 
 
-def load_paintings(size: int = 32) -> tuple[np.ndarray, list[dict[str, str]]]:
-    """The committed Met paintings: uint8 (N, size, size, 3) and one metadata dict per image.
-
-    Reads `data/paintings/metadata.csv` and its 64x64 thumbnails from the repository
-    (present in a clone / editable install). `size` must be at most the thumbnail size.
-    """
+def _paintings_index() -> tuple[list[dict[str, str]], int]:
+    """The rows of `data/paintings/metadata.csv` and the side of the stored thumbnails in pixels."""
     meta = PAINTINGS_DIR / "metadata.csv"
     if not meta.is_file():
         raise FileNotFoundError(
@@ -162,11 +162,47 @@ def load_paintings(size: int = 32) -> tuple[np.ndarray, list[dict[str, str]]]:
         rows = list(csv.DictReader(fh))
     with Image.open(PAINTINGS_DIR / rows[0]["file"]) as first:
         stored = first.size[0]
+    return rows, stored
+
+
+def _check_paintings_size(size: int, stored: int) -> None:
     if not 8 <= size <= stored:
         raise ValueError(f"paintings size must be between 8 and {stored} (the thumbnail size), "
                          f"got {size}")
+
+
+def load_paintings(size: int = 32) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """The committed Met paintings: uint8 (N, size, size, 3) and one metadata dict per image.
+
+    Reads `data/paintings/metadata.csv` and its 128x128 thumbnails from the repository
+    (present in a clone / editable install). `size` must be at most the thumbnail size;
+    smaller sizes are Lanczos-downsized from the thumbnails (`read_image`).
+    """
+    rows, stored = _paintings_index()
+    _check_paintings_size(size, stored)
     images = np.stack([read_image(PAINTINGS_DIR / row["file"], size) for row in rows])
     return images, rows
+
+
+def painting_crops(size: int, per_painting: int, seed: int = 0) -> np.ndarray:
+    """`per_painting` seeded random crops of each painting: uint8 (N * per_painting, size, size, 3),
+    grouped by painting (painting i gives rows i * per_painting ... (i + 1) * per_painting - 1).
+
+    Each painting is taken at side `min(2 * size, thumbnail side)` (at size 64: the stored 128 px
+    thumbnail itself, so every crop is a true sub-window of it) and cut at top-left corners drawn
+    uniformly by `np.random.default_rng(seed)`. At twice the crop's side a crop covers a quarter of
+    the painting: brush strokes and passages rather than whole compositions, and many different
+    windows from few paintings. At size 128 (the thumbnail side) every crop is the whole painting.
+    """
+    if isinstance(per_painting, bool) or per_painting < 1:
+        raise ValueError(f"per_painting must be at least 1, got {per_painting}")
+    stored = _paintings_index()[1]
+    _check_paintings_size(size, stored)
+    paintings, _ = load_paintings(min(2 * size, stored))
+    spare = paintings.shape[1] - size + 1
+    corners = np.random.default_rng(seed).integers(0, spare, size=(len(paintings), per_painting, 2))
+    return np.stack([painting[r:r + size, c:c + size]
+                     for painting, where in zip(paintings, corners, strict=True) for r, c in where])
 
 
 def load_photo(size: int = 64) -> np.ndarray:
@@ -190,26 +226,46 @@ def _subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
     return Dataset(ds.images[keep], ds.labels[keep], ds.class_names)
 
 
+def _styles_plus_paintings(size: int, seed: int, n: int | None) -> Dataset:
+    """"styles" (n images) + `painting_crops` labelled `PAINTING_CLASS`; see `load_dataset`."""
+    images, labels = styles.make_styles(DEFAULT_STYLES_N if n is None else n, size, seed)
+    per_style = len(images) / len(styles.STYLES)
+    per_painting = max(1, round(per_style / len(_paintings_index()[0])))
+    crops = painting_crops(size, per_painting, seed)
+    return Dataset(np.concatenate([images, crops]),
+                   np.concatenate([labels, np.full(len(crops), len(styles.STYLES), np.int64)]),
+                   styles.STYLES + (PAINTING_CLASS,))
+
+
 def load_dataset(name_or_path: str | os.PathLike, size: int = 32, seed: int = 0,
                  n: int | None = None) -> Dataset:
-    """A training set by name: "styles", "paintings", or a path to an image folder.
+    """A training set by name: "styles", "paintings", "styles+paintings", or a path to an image folder.
 
     - "styles": `styles.make_styles(n or DEFAULT_STYLES_N, size, seed)`, labels = `styles.STYLES`.
     - "paintings": the 174 Met paintings, labelled by era (`PAINTINGS_ERAS`: begun before
       1500 / 1500-1699 / 1700 onwards: 51 / 58 / 65 paintings).
+    - "styles+paintings" (`STYLES_PLUS_PAINTINGS`): "styles" plus a 9th class "painting"
+      (`class_names = STYLES + ("painting",)`). 174 paintings are few, so each gives
+      K = round(n / 8 / 174) (at least 1) seeded random crops of side `size` from the painting
+      at twice that side (`painting_crops`: at size 64, crops of the stored 128 px thumbnails),
+      so the class is about as large as one style: with the default n = 8192, K = 6 and
+      1044 painting crops beside 1024 images per style (9236 in all). `n` counts the styles'
+      images; sizes above 64 crop from the 128 px thumbnail (at 128: the whole painting).
     - a folder: `load_image_folder(path, size)`.
     For paintings and folders, `n` keeps a seeded random subset of n images.
     """
     if name_or_path == "styles":
         images, labels = styles.make_styles(DEFAULT_STYLES_N if n is None else n, size, seed)
         return Dataset(images, labels, styles.STYLES)
+    if name_or_path == STYLES_PLUS_PAINTINGS:
+        return _styles_plus_paintings(size, seed, n)
     if name_or_path == "paintings":
         images, rows = load_paintings(size)
         labels = np.array([painting_era(int(row["begin_year"])) for row in rows], np.int64)
         return _subset(Dataset(images, labels, PAINTINGS_ERAS), n, seed)
     if not Path(name_or_path).expanduser().exists():
-        raise FileNotFoundError(f"dataset {str(name_or_path)!r} not found: use 'styles', "
-                                "'paintings' or the path of an image folder")
+        raise FileNotFoundError(f"dataset {str(name_or_path)!r} not found: use 'styles', 'paintings', "
+                                f"{STYLES_PLUS_PAINTINGS!r} or the path of an image folder")
     return _subset(load_image_folder(name_or_path, size), n, seed)
 
 

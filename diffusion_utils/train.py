@@ -75,7 +75,7 @@ class TrainConfig:
     """One training run, complete enough to repeat it (stored in every checkpoint's config.json)."""
 
     preset: str = "custom"
-    dataset: str = "styles"  # "styles", "paintings" or an image folder (subfolders = classes)
+    dataset: str = "styles"  # "styles", "paintings", "styles+paintings" or an image folder (see data.py)
     image_size: int = 32  # the side the UNet works at: pixels, or latents for a latent run
     unet: UNetConfig = field(default_factory=UNetConfig)  # num_classes is set from the data set
     schedule: str = "cosine"  # Nichol & Dhariwal 2021: better than linear at 32x32

@@ -91,7 +91,7 @@ def test_paintings_dataset_labels_are_eras():
     small = data.load_dataset("paintings", size=16, n=20, seed=1)
     assert len(small) == 20 and small.images.shape[1:] == (16, 16, 3)
     with pytest.raises(ValueError, match="thumbnail size"):
-        data.load_paintings(size=128)
+        data.load_paintings(size=129)
 
 
 def test_styles_dataset():
