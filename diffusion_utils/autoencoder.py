@@ -39,11 +39,12 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
 from diffusion_utils import checkpoint, data
+from diffusion_utils.checks import Row, check_fields, int_at_least, is_number, known_keys
 from diffusion_utils.cpu.layers import use_fast_cpu_layers
 from diffusion_utils.train import make_optimizer, random_key, set_random_key
 from diffusion_utils.unet import parameter_count
@@ -57,6 +58,22 @@ from tqdm.auto import tqdm
 
 KIND = "autoencoder"  # config.json's "kind": tells an autoencoder checkpoint from a denoiser's
 LOGVAR_RANGE = (-30.0, 20.0)  # LDM's clamp of the posterior log-variance, for numerical safety
+
+
+_AUTOENCODER_FIELD_CHECKS: tuple[Row, ...] = (
+    *((name, int_at_least(1), "an integer >= 1") for name in ("image_size", "in_channels", "num_res_blocks",
+                                                              "latent_channels", "groups", "batch_size",
+                                                              "crop_size")),
+    ("warmup_steps", int_at_least(0), "an integer >= 0"),
+    ("channels", lambda channels: bool(channels) and all(map(int_at_least(1), channels)),
+     "a non-empty list of positive integers"),
+    ("attention", lambda flag: isinstance(flag, bool), "true or false"),
+    ("kl_weight", lambda x: is_number(x) and x >= 0, "a number >= 0"),
+    ("scale_factor", lambda x: is_number(x) and x > 0, "a number > 0"),
+    ("learning_rate", lambda x: is_number(x) and x > 0, "a number > 0"),
+    ("weight_decay", lambda x: is_number(x) and x >= 0, "a number >= 0"),
+    ("grad_clip", lambda x: is_number(x) and x > 0, "a number > 0"),
+)
 
 
 @dataclass
@@ -93,36 +110,18 @@ class AutoencoderConfig:
         return self.image_size // self.downsampling_factor
 
     def validate(self) -> None:
-        """Raise a one-line ValueError naming the first bad field."""
-
-        def check(ok: bool, name: str, want: str):
-            if not ok:
-                raise ValueError(f"AutoencoderConfig.{name} must be {want}, got {getattr(self, name)!r}")
-
-        def is_int(value):
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        def is_number(value):
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-        for name in ("image_size", "in_channels", "num_res_blocks", "latent_channels", "groups",
-                     "batch_size", "crop_size"):
-            check(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
-        check(is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
-        check(len(self.channels) >= 1 and all(is_int(c) and c >= 1 for c in self.channels), "channels",
-              "a non-empty list of positive integers")
-        check(all(c % self.groups == 0 for c in self.channels), "groups", f"a divisor of every entry "
-              f"of channels {list(self.channels)}")
-        check(self.image_size % self.downsampling_factor == 0, "image_size",
-              f"a multiple of the downsampling factor {self.downsampling_factor}")
-        check(self.crop_size <= self.image_size and self.crop_size % self.downsampling_factor == 0,
-              "crop_size", f"at most image_size and a multiple of {self.downsampling_factor}")
-        check(isinstance(self.attention, bool), "attention", "true or false")
-        check(is_number(self.kl_weight) and self.kl_weight >= 0, "kl_weight", "a number >= 0")
-        check(is_number(self.scale_factor) and self.scale_factor > 0, "scale_factor", "a number > 0")
-        check(is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate", "a number > 0")
-        check(is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
-        check(is_number(self.grad_clip) and self.grad_clip > 0, "grad_clip", "a number > 0")
+        """Raise a one-line ValueError naming the first bad field: the table, then across fields."""
+        check_fields(self, _AUTOENCODER_FIELD_CHECKS)
+        f = self.downsampling_factor
+        if any(c % self.groups for c in self.channels):
+            raise ValueError(f"AutoencoderConfig.groups must be a divisor of every entry of channels "
+                             f"{list(self.channels)}, got {self.groups!r}")
+        if self.image_size % f:
+            raise ValueError(f"AutoencoderConfig.image_size must be a multiple of the downsampling factor "
+                             f"{f}, got {self.image_size!r}")
+        if self.crop_size > self.image_size or self.crop_size % f:
+            raise ValueError(f"AutoencoderConfig.crop_size must be at most image_size and a multiple of {f}, "
+                             f"got {self.crop_size!r}")
 
     def to_dict(self) -> dict:
         """A JSON-safe dict (tuples become lists)."""
@@ -131,12 +130,7 @@ class AutoencoderConfig:
     @classmethod
     def from_dict(cls, d: dict) -> AutoencoderConfig:
         """Inverse of `to_dict`; unknown keys or bad values raise a one-line ValueError."""
-        if not isinstance(d, dict):
-            raise ValueError(f"AutoencoderConfig.from_dict expects a dict, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"AutoencoderConfig: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        known_keys(cls, d)
         if "channels" in d and not isinstance(d["channels"], (list, tuple)):
             raise ValueError(f"AutoencoderConfig.channels must be a list, got {d['channels']!r}")
         return cls(**d)

@@ -26,12 +26,12 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 from diffusion_utils import checkpoint, data, distributed, files, flops
-from diffusion_utils.checks import Row, check_fields, int_at_least, is_number
+from diffusion_utils.checks import Row, check_fields, int_at_least, is_number, known_keys
 from diffusion_utils.cpu import streams
 from diffusion_utils.cpu.layers import use_fast_cpu_layers, use_fast_cpu_sampling
 from diffusion_utils.schedules import PREDICTIONS, SCHEDULE_KINDS, NoiseSchedule, make_schedule
@@ -119,11 +119,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """Inverse of `to_dict`; unknown keys or bad values raise a one-line ValueError."""
-        if not isinstance(d, dict):
-            raise ValueError(f"TrainConfig.from_dict expects a dict, got {type(d).__name__}")
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown key(s) {unknown}")
+        d = known_keys(cls, d)
         return cls(**{**d, "unet": UNetConfig.from_dict(d.get("unet", {}))})
 
 

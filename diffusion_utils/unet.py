@@ -24,9 +24,9 @@ nothing in this file depends on it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
-from diffusion_utils.checks import Row, check_fields, int_at_least, is_number
+from diffusion_utils.checks import Row, check_fields, int_at_least, is_number, known_keys
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -127,13 +127,7 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
         """Inverse of `to_dict`; unknown keys or bad values raise a one-line ValueError."""
-        if not isinstance(d, dict):
-            raise ValueError(f"UNetConfig.from_dict expects a dict, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"UNetConfig: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        d = dict(d)
+        d = dict(known_keys(cls, d))
         for key in ("channel_mults", "attention_resolutions"):
             if key in d:
                 if not isinstance(d[key], (list, tuple)):

@@ -6,9 +6,7 @@ A tiny random UNet stands in for a trained model: these tests check what the glu
 
 from diffusion_utils import pipeline, samplers, schedules
 from diffusion_utils.checkpoint import ModelInfo
-from diffusion_utils.unet import UNet, UNetConfig
 
-import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -20,13 +18,8 @@ def _info(num_classes: int, prediction: str = "v") -> ModelInfo:
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    mx.random.seed(0)
-    config = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-                        attention_resolutions=(4,), groups=4, num_heads=2, num_classes=3)
-    model = UNet(config)
-    mx.eval(model.parameters())
-    return model, schedules.make_schedule("cosine", 50)
+def tiny(make_tiny_unet):
+    return make_tiny_unet(num_classes=3), schedules.make_schedule("cosine", 50)
 
 
 def test_style_labels_fill_rows_in_class_order():

@@ -8,7 +8,6 @@ import threading
 from diffusion_utils import schedules, widgets
 from diffusion_utils.checkpoint import ModelInfo
 from diffusion_utils.cpu import streams
-from diffusion_utils.unet import UNet, UNetConfig
 
 import matplotlib
 import mlx.core as mx
@@ -177,12 +176,8 @@ def _in_a_new_thread(fn):
 
 
 @pytest.fixture()
-def tiny_model():
-    mx.random.seed(0)
-    config = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-                        attention_resolutions=(4,), groups=4, num_heads=2, num_classes=2)
-    model = UNet(config)
-    mx.eval(model.parameters())
+def tiny_model(make_tiny_unet):
+    model = make_tiny_unet(num_classes=2)
     info = ModelInfo(class_names=("a", "b"), prediction="v", image_size=8, step=0, num_classes=2,
                      train_config={})
     streams.set_workers(2)  # the batch split across streams, which belong to their thread
