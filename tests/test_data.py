@@ -84,6 +84,19 @@ def test_paintings_are_the_committed_thumbnails_with_metadata():
     assert images.std() > 20  # real pictures, not blanks
 
 
+def test_paintings_are_stored_at_128_px_and_downsized_on_load():
+    big, rows = data.load_paintings(size=128)
+    assert big.shape == (174, 128, 128, 3)
+    with Image.open(paths.PAINTINGS_DIR / rows[0]["file"]) as stored:
+        assert stored.size == (128, 128)
+        assert np.array_equal(big[0], np.asarray(stored.convert("RGB")))
+    small, _ = data.load_paintings(size=64)
+    assert small.shape == (174, 64, 64, 3)
+    assert np.array_equal(small[0], data.read_image(paths.PAINTINGS_DIR / rows[0]["file"], 64))
+    # Lanczos downsizing keeps each painting's mean colour (to within rounding and ringing)
+    assert np.abs(small.mean(axis=(1, 2)) - big.mean(axis=(1, 2))).max() < 2
+
+
 def test_paintings_dataset_labels_are_eras():
     ds = data.load_dataset("paintings", size=16)
     assert ds.class_names == data.PAINTINGS_ERAS
@@ -99,6 +112,36 @@ def test_styles_dataset():
     images, labels = styles.make_styles(40, size=16, seed=3)
     assert ds.class_names == styles.STYLES
     assert np.array_equal(ds.images, images) and np.array_equal(ds.labels, labels)
+
+
+def test_styles_plus_paintings_adds_one_painting_class_as_large_as_a_style():
+    ds = data.load_dataset("styles+paintings", size=16)  # default n: 1024 images per style
+    assert ds.class_names == data.STYLES + ("painting",) and len(ds.class_names) == 9
+    assert data.STYLES == styles.STYLES and len(data.STYLES) == 8  # the styles stay 8
+    assert np.array_equal(np.bincount(ds.labels), [1024] * 8 + [6 * 174])
+    assert ds.images.shape == (9236, 16, 16, 3) and ds.images.dtype == np.uint8
+    small = data.load_dataset("styles+paintings", size=16, n=40, seed=3)
+    images, labels = styles.make_styles(40, size=16, seed=3)  # the styles part is "styles"
+    assert np.array_equal(small.images[:40], images) and np.array_equal(small.labels[:40], labels)
+    assert np.array_equal(np.bincount(small.labels), [5] * 8 + [174])  # at least one crop each
+
+
+def test_painting_crops_are_seeded_sub_windows_of_the_128_px_paintings():
+    paintings, _ = data.load_paintings(size=128)
+    crops = data.painting_crops(64, per_painting=3, seed=5)
+    assert crops.shape == (174 * 3, 64, 64, 3)
+    windows = np.lib.stride_tricks.sliding_window_view(paintings, (64, 64), axis=(1, 2))
+    for i in (0, 100, 173):  # crop j of painting i equals some 64x64 slice of painting i
+        for crop in crops[3 * i:3 * i + 3]:
+            match = (windows[i] == crop.transpose(2, 0, 1)).all(axis=(2, 3, 4))
+            assert match.any()
+    assert np.array_equal(crops, data.painting_crops(64, per_painting=3, seed=5))
+    assert not np.array_equal(crops, data.painting_crops(64, per_painting=3, seed=6))
+    assert np.array_equal(data.painting_crops(128, per_painting=2)[::2], paintings)  # whole paintings
+    with pytest.raises(ValueError, match="per_painting"):
+        data.painting_crops(64, per_painting=0)
+    with pytest.raises(ValueError, match="thumbnail size"):
+        data.painting_crops(256, per_painting=1)
 
 
 def test_photo_is_an_rgb_square():
@@ -171,6 +214,31 @@ def test_resumed_iterator_sees_exactly_the_same_batches():
     resumed.load_state_dict(state)
     for (xa, ya), (xb, yb) in zip(full[5:], _take(resumed, 7), strict=True):
         assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+
+
+def test_crops_are_seeded_sub_windows_and_resume_exactly():
+    images, labels = _distinct_images(n=12, size=10)
+    full = _take(data.BatchIterator(images, labels, batch_size=4, seed=2, crop=6), 9)
+    again = _take(data.BatchIterator(images, labels, batch_size=4, seed=2, crop=6), 9)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(full, again, strict=True))
+    corners = set()
+    for x, y in full:
+        assert x.shape == (4, 6, 6, 3)
+        for img, label in zip(data.to_uint8(x), y, strict=True):
+            found = [(r, c) for source in (images[label], images[label][:, ::-1])
+                     for r in range(5) for c in range(5)
+                     if np.array_equal(img, source[r:r + 6, c:c + 6])]
+            assert found  # a 6x6 window of its (possibly mirrored) image
+            corners.update(found)
+    assert len(corners) > 5  # the windows move
+    first = data.BatchIterator(images, labels, batch_size=4, seed=2, crop=6)
+    _take(first, 4)
+    resumed = data.BatchIterator(images, labels, batch_size=4, seed=0, crop=6)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for (xa, ya), (xb, yb) in zip(full[4:], _take(resumed, 5), strict=True):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    with pytest.raises(ValueError, match="crop"):
+        data.BatchIterator(images, labels, batch_size=4, crop=11)
 
 
 @pytest.mark.parametrize("batch_size", [0, -2, 21])
