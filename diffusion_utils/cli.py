@@ -277,6 +277,21 @@ def _add_notebooks(sub) -> None:
     notebooks.set_defaults(func=_cmd_notebooks)
 
 
+def _add_run_folder_options(parser: argparse.ArgumentParser, default_steps: int | None) -> None:
+    """--out, --steps and --resume: how train and train-autoencoder name and continue a run folder
+    (default_steps None: the preset's)."""
+    shown = "the preset's" if default_steps is None else default_steps
+    parser.add_argument(
+        "--out", required=True, metavar="DIR",
+        help="run folder; one that holds a checkpoint is only continued, with --resume",
+    )  # fmt: skip
+    parser.add_argument(
+        "--steps", type=int, default=default_steps, metavar="N",
+        help=f"total optimiser steps of the run (default: {shown}); --resume trains until step N",
+    )  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+
+
 def _add_train(sub) -> None:
     from diffusion_utils.train import PRESETS
 
@@ -295,19 +310,11 @@ def _add_train(sub) -> None:
         "or an image folder whose subfolders are the classes",
     )
     train.add_argument(
-        "--out", required=True, metavar="DIR",
-        help="run folder; one that holds a checkpoint is only continued, with --resume",
-    )
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    train.add_argument(
         "--autoencoder", metavar="DIR",
         help="latent presets: the train-autoencoder run whose latents to train on (a copy goes into "
         "every checkpoint, so sample needs only --checkpoint)",
     )  # fmt: skip
-    train.add_argument(
-        "--steps", type=int, metavar="N",
-        help="total optimiser steps of the run (default: the preset's); --resume trains until step N",
-    )
+    _add_run_folder_options(train, default_steps=None)
     train.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
     train.add_argument(
         "--batch-size", type=int, metavar="B",
@@ -337,12 +344,7 @@ def _add_train_autoencoder(sub) -> None:
         "or an image folder whose subfolders are the classes",
     )  # fmt: skip
     ae.add_argument("--size", type=int, default=64, metavar="S", help="image side in pixels (default 64)")
-    ae.add_argument("--out", required=True, metavar="DIR", help="run folder; continue one with --resume")
-    ae.add_argument(
-        "--steps", type=int, default=AUTOENCODER_STEPS, metavar="N",
-        help=f"total optimiser steps (default {AUTOENCODER_STEPS}); --resume trains until step N",
-    )  # fmt: skip
-    ae.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    _add_run_folder_options(ae, default_steps=AUTOENCODER_STEPS)
     ae.set_defaults(func=_cmd_train_autoencoder)
 
 
