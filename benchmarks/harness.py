@@ -19,6 +19,12 @@ measures, in one process,
 `threads` cores go to each framework: PyTorch's intra-op threads, and MLX's streams
 (`cpu/streams.py`: a slice of the batch per core, one OpenBLAS thread each).
 
+Then, whatever the presets, `bench_latent_vs_pixel` sets the cost of latent diffusion against pixel
+space at 64 px (MLX only): the `latent64` UNet on 16x16x4 latents and its `pixel_twin` on 64x64x3
+pixels, training and sampling images/s timed interleaved in one run (the latent one's sampling
+includes the autoencoder's decoder), reported as `latent_train_speedup` and `latent_sample_speedup`
+(pixel cost / latent cost per image). `--batch` and `--sample-batch` apply to it too.
+
 When PyTorch imports, the same harness times `torch_unet.py` (next to this file) (the same network,
 weights copied from the MLX one) on the same batches and cores, interleaved with MLX round
 by round so that load from other processes hits both alike, and reports MLX/PyTorch ratios.
@@ -38,13 +44,18 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
-from diffusion_utils import styles, train
+from diffusion_utils import data, styles, train
+from diffusion_utils.autoencoder import Autoencoder, AutoencoderConfig
 from diffusion_utils.cpu import blas, streams
 from diffusion_utils.cpu.layers import use_fast_cpu_layers
 from diffusion_utils.cpu.train_step import make_fastest_train_step
 from diffusion_utils.flops import count_flops
+from diffusion_utils.latent import decode_to_images, encode_dataset
+from diffusion_utils.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from diffusion_utils.samplers import Sampler, guided_output, make_sampler
 from diffusion_utils.schedules import make_schedule
 from diffusion_utils.unet import UNet, parameter_count
 
@@ -53,6 +64,8 @@ import numpy as np
 
 DEFAULT_PRESETS = ("quick", "full")  # the first one is the headline (top-level fields)
 SAMPLE_BATCH = 64  # images per network evaluation when timing sampling
+LATENT_PRESET = "latent64"  # the latent UNet that `bench_latent_vs_pixel` sets against its pixel twin
+SAMPLE_STEPS = DEFAULT_STEPS["ddim"]  # DDIM steps per sampled image in that comparison
 TORCH_REFERENCE = Path(__file__).resolve().parent / "torch_unet.py"
 
 
@@ -198,13 +211,18 @@ def _peak_memory_mb(fn: Callable[[], None]) -> float:
     return mx.get_peak_memory() / 2**20
 
 
+def _bench_config(name: str, batch_size: int | None = None) -> train.TrainConfig:
+    """Preset `name` as the bench times it: a UNet for the style data's classes, `batch_size` if given."""
+    overrides = {"batch_size": batch_size} if batch_size else {}
+    unet = replace(train.PRESETS[name].unet, num_classes=len(styles.STYLES))
+    return train.get_preset(name, unet=unet, **overrides)
+
+
 def bench_preset(name: str, sgemm_gflops: float, reference=None, repeats: int = 5, warmup: int = 2,
                  sample_batch: int = SAMPLE_BATCH, batch_size: int | None = None,
                  sample: bool = True) -> dict:
     """All figures for one training preset; PyTorch ones too when `reference` is the torch module."""
-    overrides = {"batch_size": batch_size} if batch_size else {}
-    unet = replace(train.PRESETS[name].unet, num_classes=len(styles.STYLES))  # as on the style data
-    config = train.get_preset(name, unet=unet, **overrides)
+    config = _bench_config(name, batch_size)
     mx.random.seed(config.seed)
     case = _MLXCase(config, sample_batch)
     gflop = count_flops(config.unet) / 1e9
@@ -235,6 +253,108 @@ def bench_preset(name: str, sgemm_gflops: float, reference=None, repeats: int = 
             cpu_ratio = timed["torch"]["cpu"] / timed["mlx"]["cpu"]
             result[f"{phase}_cpu_ratio_mlx_over_torch"] = round(cpu_ratio, 3)
     return result
+
+
+def pixel_twin(config: train.TrainConfig, factor: int, channels: int = 3) -> train.TrainConfig:
+    """`config`'s UNet moved from latents to the pixels they stand for: a side `factor` times larger,
+    `channels` in and out, the same widths, depth and blocks, and attention at the same levels.
+
+    Attention is matched by level, not by pixel count: latent64 attends at its 8 and 4 px levels
+    (levels 1 and 2 of 16, 8, 4), so the twin attends at its 32 and 16 px levels (levels 1 and 2 of
+    64, 32, 16). Both networks then have the same layers and parameters (up to the first and last
+    conv's channels), and every difference in cost comes from the side length: 16x the pixels per
+    conv, 256x the attention matrix at each level. Batch, prediction and schedule stay `config`'s.
+    """
+    unet = config.unet
+    attention = tuple(r * factor for r in unet.attention_resolutions)
+    pixel = replace(unet, image_size=unet.image_size * factor, in_channels=channels,
+                    attention_resolutions=attention)
+    return replace(config, preset=f"{config.preset} in pixel space", image_size=pixel.image_size, unet=pixel)
+
+
+def _guided_ddim_step(case: _MLXCase, sampler: Sampler, guidance: float) -> Callable[[], None]:
+    """One step of `samplers.generate` on the case's sampling batch, as `pipeline.sample_model` runs it:
+    a classifier-free-guided UNet call (conditional and null labels in one batch of 2x) and the
+    sampler's update, evaluated. DDIM's steps all cost the same, so a middle timestep stands for all."""
+    t = sampler.timesteps[len(sampler.timesteps) // 2]
+    batch = case.x_t.shape[0]
+    t_batch = mx.full((batch,), t, dtype=mx.int32)
+    labels = mx.zeros((batch,), dtype=mx.int32)
+    null = case.config.unet.num_classes
+
+    def step() -> None:
+        out = guided_output(case.forward, case.x_t, t_batch, labels, guidance, null)
+        mx.eval(sampler.step(out, t, case.x_t).prev_sample)
+    return step
+
+
+def _latent_vs_pixel_variants(latent_config: train.TrainConfig, sample_batch: int,
+                              steps: int) -> tuple[dict, dict[str, Callable[[], None]]]:
+    """({"pixel": case, "latent": case, "autoencoder": model}, the callables to time, by name)."""
+    autoencoder = use_fast_cpu_layers(Autoencoder(AutoencoderConfig()))  # the default f = 4 model
+    autoencoder.eval()
+    factor = autoencoder.config.downsampling_factor
+    mx.random.seed(latent_config.seed)
+    cases = {"pixel": _MLXCase(pixel_twin(latent_config, factor), sample_batch),
+             "latent": _MLXCase(latent_config, sample_batch)}
+    images = data.to_uint8(cases["pixel"].x0)  # the training batch as the images a data set holds
+    dataset = data.Dataset(images, np.zeros(len(images), dtype=np.int64), ("style",))
+    variants = {}
+    for side, case in cases.items():
+        sampler = make_sampler("ddim", case.schedule, steps, prediction=case.config.prediction,
+                               clip_x0=side == "pixel")  # as `pipeline.make_model_sampler`
+        variants[f"{side}_train"] = case.train_step
+        variants[f"{side}_sample_step"] = _guided_ddim_step(case, sampler, DEFAULT_GUIDANCE)
+    variants["decode"] = partial(decode_to_images, autoencoder, cases["latent"].x_t)  # numpy: evaluated
+    variants["encode"] = partial(encode_dataset, autoencoder, dataset)
+    return {**cases, "autoencoder": autoencoder}, variants
+
+
+def _side_figures(case: _MLXCase, train_s: float, sample_step_s: float, sample_batch: int, steps: int,
+                  decode_s: float = 0.0) -> dict:
+    """One side of `bench_latent_vs_pixel`: its network, and per image its training and sampling cost
+    (`steps` guided steps timed at `sample_batch` images, plus `decode_s` seconds of decoding)."""
+    config = case.config
+    step_s = sample_step_s / sample_batch
+    return {"input_shape": [config.image_size, config.image_size, config.unet.in_channels],
+            "attention_resolutions": list(config.unet.attention_resolutions),
+            "parameters": parameter_count(case.model),
+            "gflop_per_image": round(count_flops(config.unet) / 1e9, 4),
+            "train_img_s": round(config.batch_size / train_s, 3),
+            "sample_step_s_per_img": round(step_s, 6),
+            "sample_img_s": float(f"{1 / (steps * step_s + decode_s):.4g}")}
+
+
+def bench_latent_vs_pixel(repeats: int = 5, warmup: int = 2, sample_batch: int = SAMPLE_BATCH,
+                          batch_size: int | None = None, steps: int = SAMPLE_STEPS) -> dict:
+    """What latent diffusion saves per 64 px image: `LATENT_PRESET` on 16x16x4 latents against its
+    `pixel_twin` on 64x64x3 pixels, timed interleaved in one process (Rombach et al. 2022,
+    "High-Resolution Image Synthesis with Latent Diffusion Models", arXiv:2112.10752).
+
+    Training: images/s of each compiled train step at the same batch; the latent one runs on
+    pre-encoded latents, as the Trainer does: the data set is encoded once (`latent.encode_dataset`,
+    each image and its mirror), a one-off cost reported as `encode_s_per_img`. Sampling: per image,
+    `steps` guided DDIM steps (`_guided_ddim_step`, `DEFAULT_GUIDANCE`, timed at `sample_batch`) and,
+    for the latent model, its decoding (`latent.decode_to_images`, `decode_s_per_img`). Weights are
+    random: the cost does not depend on them. `latent_*_speedup` = pixel cost / latent cost per image.
+    """
+    parts, variants = _latent_vs_pixel_variants(_bench_config(LATENT_PRESET, batch_size), sample_batch, steps)
+    timed = {name: t["wall"] for name, t in time_interleaved(variants, repeats, warmup).items()}
+    decode_s = timed["decode"] / sample_batch
+    pixel, latent = (_side_figures(parts[side], timed[f"{side}_train"], timed[f"{side}_sample_step"],
+                                   sample_batch, steps, decode_s if side == "latent" else 0.0)
+                     for side in ("pixel", "latent"))
+    latent["decode_s_per_img"] = round(decode_s, 6)
+    latent["encode_s_per_img"] = round(timed["encode"] / parts["latent"].config.batch_size, 6)
+    return {
+        "compared": f"{LATENT_PRESET} UNet on 16x16x4 latents of the f=4 autoencoder (decoder included in "
+                    "sampling) vs the same UNet on 64x64x3 pixels, attention at the same levels",
+        "batch_size": parts["latent"].config.batch_size, "sample_batch": sample_batch, "sampler": "ddim",
+        "sample_steps": steps, "guidance": DEFAULT_GUIDANCE,
+        "autoencoder_parameters": parameter_count(parts["autoencoder"]), "pixel": pixel, "latent": latent,
+        "latent_train_speedup": round(latent["train_img_s"] / pixel["train_img_s"], 2),
+        "latent_sample_speedup": round(latent["sample_img_s"] / pixel["sample_img_s"], 2),
+    }
 
 
 def _blas_off_train_img_s(preset: str, repeats: int, warmup: int, batch_size: int | None) -> float:
@@ -303,12 +423,25 @@ def run_bench(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, repeats: i
     for key, value in headline.items():
         if key.startswith(("mlx_", "torch_")) or key.endswith("_mlx_over_torch"):
             report[key] = value
+    report["latent_vs_pixel"] = bench_latent_vs_pixel(repeats, warmup, sample_batch, batch_size)
+    for key in ("latent_train_speedup", "latent_sample_speedup"):
+        report[key] = report["latent_vs_pixel"][key]
     report["blas_speedup"] = None
     if blas_compare:
         off = _blas_off_train_img_s(presets[0], max(1, min(repeats, 2)), min(warmup, 1), batch_size)
         report["blas_off_train_img_s"] = round(off, 3)
         report["blas_speedup"] = round(headline["mlx_train_img_s"] / off, 2)
     return report
+
+
+def _markdown_table(first_title: str, rows: dict[str, dict], cols: list[tuple[str, str]]) -> list[str]:
+    """The lines of a Markdown table: one row per `rows` entry (its name first), one column per
+    (key, title) of `cols`; a missing key shows as "-"."""
+    lines = [f"| {first_title} | " + " | ".join(title for _, title in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(str(row.get(key, "-")) for key, _ in cols) + " |")
+    return lines
 
 
 def format_table(report: dict) -> str:
@@ -319,10 +452,7 @@ def format_table(report: dict) -> str:
             ("mlx_sample_img_s", "MLX sample img/s"), ("torch_sample_img_s", "torch sample img/s"),
             ("sample_ratio_mlx_over_torch", "sample MLX/torch"),
             ("mlx_train_peak_memory_mb", "train peak MB")]
-    lines = ["| preset | " + " | ".join(title for _, title in cols) + " |",
-             "|---" * (len(cols) + 1) + "|"]
-    for name, row in report["presets"].items():
-        lines.append(f"| {name} | " + " | ".join(str(row.get(key, "-")) for key, _ in cols) + " |")
+    lines = _markdown_table("preset", report["presets"], cols)
     core = f", {report['blas_core']} kernels" if report["blas_core"] else ""
     notes = [f"sgemm ceiling {report['sgemm_gflops']} GFLOP/s ({report['blas']}{core}), "
              f"{report['threads']} threads (MLX: {report['mlx_streams']} streams), "
@@ -334,4 +464,18 @@ def format_table(report: dict) -> str:
     if report["blas_speedup"] is not None:
         notes.append(f"fast BLAS vs MLX's bundled BLAS, {report['headline_preset']} training: "
                      f"{report['blas_speedup']}x ({report['blas_off_train_img_s']} img/s without)")
-    return "\n".join(lines + [""] + notes)
+    return "\n".join(lines + [""] + notes + ["", _format_latent_vs_pixel(report["latent_vs_pixel"])])
+
+
+def _format_latent_vs_pixel(comparison: dict) -> str:
+    """`bench_latent_vs_pixel`'s report as a small Markdown table, pixel row above latent row."""
+    cols = [("input_shape", "input"), ("attention_resolutions", "attention at"), ("parameters", "params"),
+            ("gflop_per_image", "GFLOP/img"), ("train_img_s", "train img/s"),
+            ("sample_img_s", "sample img/s"), ("decode_s_per_img", "decode s/img"),
+            ("encode_s_per_img", "encode s/img (once)")]
+    lines = _markdown_table("64 px images", {side: comparison[side] for side in ("pixel", "latent")}, cols)
+    return "\n".join(lines + ["", (
+        f"latent diffusion is {comparison['latent_train_speedup']}x cheaper per trained image and "
+        f"{comparison['latent_sample_speedup']}x per sampled image ({comparison['sample_steps']} DDIM steps, "
+        f"guidance {comparison['guidance']}, decoder included), {comparison['compared']}; training batch "
+        f"{comparison['batch_size']}, sampling batch {comparison['sample_batch']}")])

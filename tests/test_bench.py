@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 
@@ -31,6 +32,29 @@ def positive(value):
     return isinstance(value, (int, float)) and value > 0
 
 
+def check_latent_vs_pixel(report, batch, sample_batch):
+    """The latent-vs-pixel comparison: which networks, on what, and the two speedups (pixel cost / latent cost
+    per image) positive, finite and consistent with the raw images/s."""
+    comparison = report["latent_vs_pixel"]
+    assert comparison["batch_size"] == batch and comparison["sample_batch"] == sample_batch
+    assert comparison["sampler"] == "ddim" and comparison["sample_steps"] >= 1
+    assert "latent64" in comparison["compared"]
+    pixel, latent = comparison["pixel"], comparison["latent"]
+    assert pixel["input_shape"] == [64, 64, 3] and latent["input_shape"] == [16, 16, 4]
+    assert pixel["attention_resolutions"] == [32, 16] and latent["attention_resolutions"] == [8, 4]
+    assert abs(pixel["parameters"] - latent["parameters"]) < 0.001 * latent["parameters"]  # matched width
+    assert pixel["gflop_per_image"] > 10 * latent["gflop_per_image"]
+    for side, row in (("pixel", pixel), ("latent", latent)):
+        for key in ("train_img_s", "sample_step_s_per_img", "sample_img_s"):
+            assert positive(row[key]) and math.isfinite(row[key]), (side, key)
+    assert positive(latent["decode_s_per_img"]) and positive(latent["encode_s_per_img"])
+    # the latent model's sampling pays for its decoder: steps x step + decode, per image
+    assert latent["sample_img_s"] < 1 / (comparison["sample_steps"] * latent["sample_step_s_per_img"])
+    for key, side_key in (("latent_train_speedup", "train_img_s"), ("latent_sample_speedup", "sample_img_s")):
+        assert positive(report[key]) and math.isfinite(report[key]) and report[key] == comparison[key], key
+        assert report[key] == pytest.approx(latent[side_key] / pixel[side_key], rel=0.02), key
+
+
 def test_bench_json_has_every_field():
     done = run_bench(*TINY, "--json", "--blas-compare")
     assert done.returncode == 0, done.stderr
@@ -55,7 +79,9 @@ def test_bench_json_has_every_field():
             assert positive(row[key]) and report[key] == row[key], key
     else:
         assert "PyTorch" in report["torch_skipped"]
+    check_latent_vs_pixel(report, batch=2, sample_batch=2)
     assert "| smoke |" in done.stdout  # the human-readable table comes first
+    assert "| latent | [16, 16, 4] |" in done.stdout and "cheaper per trained image" in done.stdout
 
 
 def test_bench_without_torch_reports_mlx_and_says_the_comparison_was_skipped():
@@ -66,6 +92,24 @@ def test_bench_without_torch_reports_mlx_and_says_the_comparison_was_skipped():
     row = report["presets"]["smoke"]
     assert positive(row["mlx_train_img_s"]) and not any(key in row for key in TORCH_FIELDS)
     assert "PyTorch comparison skipped" in done.stdout
+
+
+def test_pixel_twin_is_the_latent_unet_on_pixels_with_attention_at_the_same_levels():
+    from diffusion_utils import train
+    from diffusion_utils.unet import UNet, parameter_count
+
+    latent = train.get_preset("latent64")
+    pixel = bench.pixel_twin(latent, factor=4)
+    assert pixel.image_size == 64 and pixel.unet.image_size == 64 and pixel.unet.in_channels == 3
+    assert pixel.batch_size == latent.batch_size and pixel.prediction == latent.prediction
+    for field in ("base_channels", "channel_mults", "num_res_blocks", "num_classes", "num_heads"):
+        assert getattr(pixel.unet, field) == getattr(latent.unet, field), field
+    attending = [[i for i in range(c.levels) if c.resolution(i) in c.attention_resolutions]
+                 for c in (latent.unet, pixel.unet)]
+    assert attending[0] == attending[1] == [1, 2]
+    # only the first and last convs see the channel count: 3 x 3 x (4 - 3) x 48 weights in, 48 x 3 x 3 + 1 out
+    difference = parameter_count(UNet(latent.unet)) - parameter_count(UNet(pixel.unet))
+    assert difference == 9 * 48 + (9 * 48 + 1)
 
 
 @pytest.mark.parametrize("args,message", [(["--repeats", "0"], "--repeats"),
