@@ -200,9 +200,9 @@ def _cmd_train_autoencoder(args) -> int:
                          f"got {args.size}")
     config = autoencoder.AutoencoderConfig(image_size=args.size,
                                            crop_size=min(args.size, autoencoder.AutoencoderConfig.crop_size))
-    images = data.load_dataset(args.data, size=args.size).images
     try:
-        with files.RunLock(args.out):
+        with files.RunLock(args.out):  # before the data loads: a second run into --out fails at once
+            images = data.load_dataset(args.data, size=args.size).images
             model, history = autoencoder.train_autoencoder(
                 config, images, args.steps, args.out, resume=args.resume,
                 checkpoint_every=AUTOENCODER_CHECKPOINT_EVERY)

@@ -107,6 +107,8 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise ValueError(f"{self.path.parent} is a file; give a folder for the run")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -388,6 +388,8 @@ class Trainer:
 
     Files in `out_dir`: `checkpoint/` (see `checkpoint.py`), `train.log` (human-readable:
     config, loss every `log_every` steps, images/s, wall time), `previews/step_NNNNNN.png`.
+    `lock`: the `files.RunLock` on `out_dir` that the caller already holds (`train` takes it before
+    the data loads); without one, `run()` takes it while it trains.
     Pass `dataset` (a `data.Dataset`) to train on images already in memory; by default
     `data.load_dataset(config.dataset, config.image_size, config.seed)` is used. Building a
     Trainer seeds MLX's global random generator with `config.seed` (the step draws from it).
@@ -396,8 +398,8 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, dataset: data.Dataset | None = None,
-                 compiled: bool = True, _state: tuple | None = None):
-        self.out_dir = Path(out_dir)
+                 compiled: bool = True, lock: files.RunLock | None = None, _state: tuple | None = None):
+        self.out_dir, self.lock = Path(out_dir), lock
         self.checkpoint_path = self.out_dir / checkpoint.CHECKPOINT_DIR
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ValueError(f"{self.out_dir} is a file; give a folder for the run")
@@ -456,8 +458,8 @@ class Trainer:
         return make_fastest_train_step(*args, world=self.world)
 
     @classmethod
-    def resume(cls, out_dir: str | Path, dataset: data.Dataset | None = None,
-               compiled: bool = True) -> Trainer:
+    def resume(cls, out_dir: str | Path, dataset: data.Dataset | None = None, compiled: bool = True,
+               lock: files.RunLock | None = None) -> Trainer:
         """Continue the run whose checkpoint is in `out_dir` (ValueError/FileNotFoundError if unusable)."""
         if not checkpoint.has_checkpoint(out_dir):
             raise FileNotFoundError(f"no checkpoint to resume in {out_dir}; start a new run there instead")
@@ -466,7 +468,7 @@ class Trainer:
             config = TrainConfig.from_dict(stored["train_config"])
         except (TypeError, ValueError) as err:
             raise ValueError(f"{directory / checkpoint.CONFIG_FILE}: bad training config ({err})") from None
-        return cls(config, out_dir, dataset, compiled, _state=(directory, stored))
+        return cls(config, out_dir, dataset, compiled, lock, _state=(directory, stored))
 
     def _restore(self, directory: Path, stored: dict) -> None:
         """Load weights, EMA, optimizer state, iterator position and random state from a checkpoint."""
@@ -610,8 +612,9 @@ class Trainer:
         `preview_every` steps and at the end (unless -1), and calls `callback(trainer)` after
         every step (e.g. to redraw a live loss plot). Raises NonFiniteLossError, without saving,
         if the loss becomes NaN or infinite. Holds the run folder's `files.RunLock` (a second run
-        there fails at once); SIGINT/SIGTERM save a checkpoint after the current step and raise
-        TrainingInterrupted. Also saves once `checkpoint_minutes` passed since the last checkpoint.
+        there fails at once), unless the Trainer was given one its caller holds; SIGINT/SIGTERM save a
+        checkpoint after the current step and raise TrainingInterrupted. Also saves once
+        `checkpoint_minutes` passed since the last checkpoint.
         """
         total = self.config.steps if steps is None else steps
         if isinstance(total, bool) or not isinstance(total, int) or total < 1:
@@ -619,7 +622,7 @@ class Trainer:
         if total < self.step:
             raise ValueError(f"the run is already at step {self.step}, past the requested {total} steps")
         self.config.steps = total
-        lock = files.RunLock(self.out_dir).acquire() if self.world.is_main else None
+        lock = files.RunLock(self.out_dir).acquire() if self.world.is_main and self.lock is None else None
         stop = _StopSignals()
         try:
             return self._loop(total, stop, progress, callback)
@@ -737,18 +740,30 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, datase
     run must have been started with the same config apart from `steps` and the log, checkpoint and
     preview cadence, which do not change the weights and are taken from `config` (ValueError otherwise).
     """
+    lock = files.RunLock(out_dir).acquire() if distributed.world().is_main else None
+    try:  # locked before the data loads: a second run into out_dir fails at once, not after loading
+        trainer = _start_or_resume(config, out_dir, resume, dataset, compiled, lock)
+        trainer.run(config.steps, progress=progress, callback=callback)
+    finally:
+        if lock is not None:
+            lock.release()
+    return trainer
+
+
+def _start_or_resume(config: TrainConfig, out_dir: str | Path, resume: bool, dataset: data.Dataset | None,
+                     compiled: bool, lock: files.RunLock | None) -> Trainer:
+    """`train`'s Trainer: a new run, or the stored one with `config`'s cadence (ValueError when the
+    stored run's config differs from `config` in more than steps and cadence)."""
     if not resume:
-        trainer = Trainer(config, out_dir, dataset, compiled)
-    else:
-        trainer = Trainer.resume(out_dir, dataset, compiled)
-        trainer.config = replace(trainer.config, **{key: getattr(config, key) for key in _CADENCE})
-        stored = replace(trainer.config, steps=config.steps).to_dict()
-        unet = replace(config.unet, num_classes=trainer.config.unet.num_classes)  # set from the data
-        asked = replace(config, unet=unet).to_dict()
-        differ = [key for key in asked if asked[key] != stored[key]]
-        if differ:
-            shown = ", ".join(f"{k}={stored[k]!r} (asked {asked[k]!r})" for k in differ if k != "unet")
-            raise ValueError(f"{out_dir} holds a run with a different config: "
-                             f"{shown or 'another UNet'}; resume with the same preset, data set and seed")
-    trainer.run(config.steps, progress=progress, callback=callback)
+        return Trainer(config, out_dir, dataset, compiled, lock)
+    trainer = Trainer.resume(out_dir, dataset, compiled, lock)
+    trainer.config = replace(trainer.config, **{key: getattr(config, key) for key in _CADENCE})
+    stored = replace(trainer.config, steps=config.steps).to_dict()
+    unet = replace(config.unet, num_classes=trainer.config.unet.num_classes)  # set from the data
+    asked = replace(config, unet=unet).to_dict()
+    differ = [key for key in asked if asked[key] != stored[key]]
+    if differ:
+        shown = ", ".join(f"{k}={stored[k]!r} (asked {asked[k]!r})" for k in differ if k != "unet")
+        raise ValueError(f"{out_dir} holds a run with a different config: "
+                         f"{shown or 'another UNet'}; resume with the same preset, data set and seed")
     return trainer

@@ -115,16 +115,17 @@ def test_train_into_a_read_only_folder_is_one_line(tmp_path):
 
 
 def _start_run(out, steps=2000, env=None):
-    """A smoke run in the background; returns once it holds the run lock (it is training)."""
+    """A smoke run in the background; returns once it trains (it holds the run lock from before its data
+    loads, so the first loss line in train.log marks the loop)."""
     proc = subprocess.Popen([sys.executable, "-m", "diffusion_utils", "train", "--preset", "smoke", "--out",
                              str(out), "--steps", str(steps)], stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
-    lock = Path(out) / files.LOCK_FILE
+    log = Path(out) / "train.log"
     deadline = time.monotonic() + 120
-    while not (lock.exists() and lock.read_text().strip() == str(proc.pid)):
+    while not (log.exists() and "\nstep " in log.read_text()):
         assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
         time.sleep(0.1)
-    time.sleep(1.0)  # a few steps
+    assert (Path(out) / files.LOCK_FILE).read_text().strip() == str(proc.pid)
     return proc
 
 
@@ -147,6 +148,16 @@ def test_second_writer_is_refused_and_sigint_saves_a_checkpoint_that_resumes(tmp
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "using 1 CPU streams as the stored run did" in resumed.stderr
     assert json.loads((out / "checkpoint" / "config.json").read_text())["step"] == step + 1
+
+
+@pytest.mark.parametrize("command", [("train", "--preset", "smoke", "--dataset"),
+                                     ("train-autoencoder", "--data")])
+def test_a_held_run_lock_refuses_a_second_writer_before_its_data_loads(tmp_path, command):
+    out = tmp_path / "run"
+    with files.RunLock(out):  # this test's process is the first writer
+        second = run_cli(*command, tmp_path / "no-such-images", "--out", out, "--steps", 1)
+    assert_one_line_error(second, f"{out} is in use by another run (process {os.getpid()})")
+    assert sorted(p.name for p in out.iterdir()) == [files.LOCK_FILE]  # no latents, log or checkpoint
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
