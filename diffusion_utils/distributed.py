@@ -25,12 +25,13 @@ rank 0 alone writes previews and checkpoints while the others wait in the next `
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,6 +237,41 @@ def _launched() -> bool:
     return any(os.environ.get(k) for k in ("OMPI_COMM_WORLD_SIZE", "MLX_WORLD_SIZE", "MLX_JACCL_COORDINATOR"))
 
 
+def ranks_on_this_machine() -> tuple[int, int]:
+    """(this rank's index among the ranks that share its machine, how many do): from Open MPI's
+    local rank and size, or from the ring hostfile (ranks listed with the same first IP share a
+    machine). (0, 1) without a launcher or when neither says."""
+    env = os.environ
+    if env.get("OMPI_COMM_WORLD_LOCAL_SIZE", "").isdigit():
+        return int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)), int(env["OMPI_COMM_WORLD_LOCAL_SIZE"])
+    try:
+        rank = int(env["MLX_RANK"])
+        hosts = [node[0].rsplit(":", 1)[0] for node in json.loads(Path(env["MLX_HOSTFILE"]).read_text())]
+        here = [r for r, host in enumerate(hosts) if host == hosts[rank]]
+        return here.index(rank), len(here)
+    except (KeyError, OSError, ValueError, IndexError, TypeError, AttributeError):
+        return 0, 1
+
+
+def share_cores_with_local_ranks() -> list[int] | None:
+    """Pin this process to its share of the cores when several ranks run on one machine; returns them.
+
+    `cpu/streams.py` sizes its streams and OpenBLAS's threads by the cores a process may use, so
+    without this every rank would run as if it had the whole machine: 2 ranks on 2 cores with
+    DIFFUSION_UTILS_WORKERS=1 ran about 6x slower than one process (README, "Training on several
+    machines"). Nothing without sched_setaffinity (macOS) or on a GPU; None when nothing changed.
+    """
+    index, count = ranks_on_this_machine()
+    if count == 1 or not hasattr(os, "sched_setaffinity") or mx.default_device().type != mx.DeviceType.cpu:
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    share = cores[index::count] or [cores[index % len(cores)]]  # more ranks than cores: one core each
+    for thread in os.listdir("/proc/self/task"):  # the threads already started (OpenBLAS's) too
+        with suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(thread), share)
+    return share
+
+
 def world() -> World:
     """The world this process belongs to, set up once: `mlx.launch` makes it several ranks.
 
@@ -250,6 +286,7 @@ def world() -> World:
             watchdog = _Watchdog(peer_timeout(), f"rank {rank}")
             with _watched_by_a_process(watchdog.timeout, f"rank {rank}"):
                 group = mx.distributed.init()
+            share_cores_with_local_ranks()
             _state["world"] = World(group.rank(), group.size(), group, watchdog)
     return _state["world"]
 
