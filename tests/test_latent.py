@@ -17,8 +17,8 @@ import pytest
 from mlx.utils import tree_flatten
 from PIL import Image
 
-TINY_AE = ae.AutoencoderConfig(image_size=16, channels=(8, 16, 16), groups=4, attention=False, batch_size=8,
-                               learning_rate=2e-3, warmup_steps=5)
+TINY_AE = ae.AutoencoderConfig(image_size=16, crop_size=16, channels=(8, 16, 16), groups=4, attention=False,
+                               batch_size=8, learning_rate=2e-3, warmup_steps=5)
 IMAGES = data.Dataset(*data.make_styles(32, size=16, seed=4), data.STYLES)
 
 
