@@ -85,7 +85,11 @@ def main() -> None:
             snapshot(args.run, args.out, step)
         for folder in sorted(args.out.glob("step_*")):
             if folder.name not in measured(args.out):
-                append(args.out, measure(folder, args))
+                try:
+                    append(args.out, measure(folder, args))
+                except ValueError as err:  # e.g. the judges cannot score this model yet: kept for --once
+                    print(f"{folder.name} not measured: {err}", flush=True)
+                    break
         if args.once or (step is not None and step >= args.until):
             return
         time.sleep(20)
