@@ -477,5 +477,5 @@ def _format_latent_vs_pixel(comparison: dict) -> str:
     return "\n".join(lines + ["", (
         f"latent diffusion is {comparison['latent_train_speedup']}x cheaper per trained image and "
         f"{comparison['latent_sample_speedup']}x per sampled image ({comparison['sample_steps']} DDIM steps, "
-        f"guidance {comparison['guidance']}, decoder included), {comparison['compared']}; training batch "
+        f"guidance {comparison['guidance']}): {comparison['compared']}; training batch "
         f"{comparison['batch_size']}, sampling batch {comparison['sample_batch']}")])
