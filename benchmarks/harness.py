@@ -65,6 +65,9 @@ import numpy as np
 DEFAULT_PRESETS = ("quick", "full")  # the first one is the headline (top-level fields)
 SAMPLE_BATCH = 64  # images per network evaluation when timing sampling
 LATENT_PRESET = "latent64"  # the latent UNet that `bench_latent_vs_pixel` sets against its pixel twin
+# the comparison's batches at most: its pixel twin attends over 32x32 positions, and at bench's default
+# sampling batch (64, doubled by guidance) that peaked at 14 GB; per-image costs barely change with batch
+LATENT_VS_PIXEL_MAX_BATCH = 16
 SAMPLE_STEPS = DEFAULT_STEPS["ddim"]  # DDIM steps per sampled image in that comparison
 TORCH_REFERENCE = Path(__file__).resolve().parent / "torch_unet.py"
 
@@ -337,7 +340,10 @@ def bench_latent_vs_pixel(repeats: int = 5, warmup: int = 2, sample_batch: int =
     `steps` guided DDIM steps (`_guided_ddim_step`, `DEFAULT_GUIDANCE`, timed at `sample_batch`) and,
     for the latent model, its decoding (`latent.decode_to_images`, `decode_s_per_img`). Weights are
     random: the cost does not depend on them. `latent_*_speedup` = pixel cost / latent cost per image.
+    Both batches are capped at `LATENT_VS_PIXEL_MAX_BATCH` (memory).
     """
+    sample_batch = min(sample_batch, LATENT_VS_PIXEL_MAX_BATCH)
+    batch_size = min(batch_size or train.PRESETS[LATENT_PRESET].batch_size, LATENT_VS_PIXEL_MAX_BATCH)
     parts, variants = _latent_vs_pixel_variants(_bench_config(LATENT_PRESET, batch_size), sample_batch, steps)
     timed = {name: t["wall"] for name, t in time_interleaved(variants, repeats, warmup).items()}
     decode_s = timed["decode"] / sample_batch
