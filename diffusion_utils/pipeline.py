@@ -98,7 +98,7 @@ def sample_model(
     schedule: NoiseSchedule,
     info: ModelInfo,
     n: int = 16,
-    style: str | int | None = None,
+    style: str | int | Sequence[str | int] | None = None,
     sampler_name: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     eta: float = 0.0,
@@ -111,16 +111,20 @@ def sample_model(
 
     `model, schedule, info` are what `checkpoint.load_model` returns. A latent model samples
     `info.sample_shape` latents and each batch is decoded to pixels after the sampler. `style`: a
-    class name or index, or None for every class evenly (`style_labels`); labels are -1 for an unconditional
-    model. `steps=None` and `guidance=None` take the defaults of `sampling_settings`. The same
-    arguments give the same images.
+    class name or index, a list of them (n spread evenly over those, in their order), or None for every
+    class evenly (`style_labels`); labels are the model's class indices, -1 for an unconditional model.
+    `steps=None` and `guidance=None` take the defaults of `sampling_settings`. The same arguments give
+    the same images.
     """
     settings = sampling_settings(info, sampler_name, steps, guidance)
-    label = None if style is None else style_index(style, info.styles)
     for name, value, low in (("n", n, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    labels = style_labels(n, len(info.styles), label)
+    labels = style_labels(n, len(info.styles))
+    if style is not None:
+        chosen = [style_index(s, info.styles) for s in ([style] if isinstance(style, (str, int, np.integer))
+                                                         else style)]  # fmt: skip
+        labels = np.array(chosen, np.int64)[style_labels(n, len(chosen))]
     sampler = make_model_sampler(schedule, info, settings, eta)
     finish = to_uint8
     if info.latent:

@@ -68,3 +68,13 @@ def test_sample_model_rejects_bad_requests(tiny):
         pipeline.sample_model(model, schedule, _info(3), n=0)
     with pytest.raises(ValueError, match="unconditional"):
         pipeline.sample_model(model, schedule, _info(0), n=2, style="a")
+
+
+def test_sample_model_spreads_n_over_a_list_of_classes(tiny):
+    model, schedule = tiny
+    _, labels = pipeline.sample_model(model, schedule, _info(3), n=5, style=["c", 0], steps=2)
+    assert labels.tolist() == [2, 2, 2, 0, 0]  # in the list's order, the first n % k get one more
+    _, labels = pipeline.sample_model(model, schedule, _info(3), n=2, style="b", steps=2)
+    assert labels.tolist() == [1, 1]
+    with pytest.raises(ValueError, match="this model knows a, b, c"):
+        pipeline.sample_model(model, schedule, _info(3), n=2, style=["a", "z"], steps=2)
