@@ -25,7 +25,7 @@ import numpy as np
 def verdicts(judge: classifier.StyleClassifier, images: np.ndarray) -> list[tuple[str, float]]:
     """uint8 images (N, H, W, 3) -> [(the judge's class name, its probability)] per image."""
     probs = classifier.class_probabilities(judge, images)  # (N, C)
-    names = classifier.CLASS_NAMES[judge.config.input]
+    names = (*styles.STYLES, "none")[: judge.config.num_classes]  # a judge with a 9th class can reject
     return [(names[k], float(p[k])) for k, p in zip(probs.argmax(axis=1), probs, strict=True)]
 
 
@@ -51,7 +51,7 @@ def verdict_grid(judge, real: np.ndarray, samples: np.ndarray, per_style: int):
     figure = viz.show_images(images, titles, nrow=2 * per_style, scale=1.25)
     for panel, want, (name, _) in zip(figure.axes, wanted, judged, strict=False):
         panel.title.set_color("black" if name == want else "red")
-    figure.suptitle("structure judge: real held-out images (left half) and model samples (right half)")
+    figure.suptitle("structure judge: real (left half) | model (right half)", fontsize=9)
     return figure
 
 

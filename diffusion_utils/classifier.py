@@ -240,6 +240,11 @@ def predict(classifier: StyleClassifier, images: np.ndarray) -> np.ndarray:
     return _in_batches(classifier.predict, images)
 
 
+def class_probabilities(classifier: StyleClassifier, images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, H, W, 3) -> float32 (N, C): the softmax over the classifier's classes."""
+    return _in_batches(lambda x: mx.softmax(classifier(x), axis=-1), images)
+
+
 def embed(classifier: StyleClassifier, images: np.ndarray) -> np.ndarray:
     """uint8 images (N, H, W, 3) -> float64 features (N, F) from the classifier's penultimate layer."""
     return _in_batches(classifier.features, images).astype(np.float64)

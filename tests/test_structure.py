@@ -9,7 +9,7 @@ import subprocess
 import sys
 import warnings
 
-from diffusion_utils import classifier, metrics, styles
+from diffusion_utils import classifier, metrics, negatives, styles
 
 import mlx.core as mx
 import numpy as np
@@ -63,6 +63,29 @@ def test_recolouring_keeps_the_structure_prediction(judges, real, recolour):
                   "bgr": images[..., ::-1], "invert": 255 - images}[recolour]
     before = classifier.predict(judges["structure"], images)
     assert np.mean(classifier.predict(judges["structure"], recoloured) == before) >= 0.95
+
+
+def test_negatives_are_seeded_balanced_and_checked(real):
+    images, labels = real
+    a, kinds = negatives.make_negatives(20, images, labels, seed=1)
+    b, _ = negatives.make_negatives(20, images, labels, seed=1)
+    c, _ = negatives.make_negatives(20, images, labels, seed=2)
+    assert a.dtype == np.uint8 and a.shape == (20, SIZE, SIZE, 3)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert list(kinds[: len(negatives.KINDS)]) == list(range(len(negatives.KINDS)))
+    longer, _ = negatives.make_negatives(30, images, labels, seed=1)
+    assert np.array_equal(longer[:20], a)  # image i depends on (seed, i) only
+    assert a.std(axis=(1, 2, 3)).min() > 5  # none is flat: each has light and dark to judge
+    with pytest.raises(ValueError, match="two styles"):
+        negatives.make_negatives(4, images[labels == 0], labels[labels == 0])
+
+
+def test_class_probabilities_are_a_distribution_that_predict_agrees_with(judges, real):
+    images, _ = real
+    probs = classifier.class_probabilities(judges["structure"], images[:32])
+    assert probs.shape == (32, judges["structure"].config.num_classes)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert np.array_equal(probs.argmax(axis=1), classifier.predict(judges["structure"], images[:32]))
 
 
 def test_luminance_structure_ignores_brightness_and_contrast():
