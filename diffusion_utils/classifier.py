@@ -12,6 +12,9 @@ sees only luminance, normalised per image (`luminance_structure`), and trains on
 palette is randomised (`random_palette`), so colour cannot carry its decision. A style model
 that gets the palette right but draws a maze instead of warped stripes fools the style
 classifier, not this one; an image of a style's pixels shuffled in place scores near chance.
+It has a ninth class, "none" (`NONE`): trained on images that are no style but share the
+styles' pixels, palettes and textures (`negatives.py`: shuffled pixels, mazes, blobs, speckle,
+swirls, blends of two styles...), it rejects a sample instead of calling it the nearest style.
 
 `load_or_train_classifier` keeps one trained classifier per input kind and image size in
 `data/pretrained/style_classifier/` and `data/pretrained/structure_classifier/`
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from diffusion_utils import data, styles
+from diffusion_utils import data, negatives, styles
 from diffusion_utils.cpu import streams
 from diffusion_utils.files import atomic_write, atomic_write_text
 from diffusion_utils.paths import STRUCTURE_CLASSIFIER_DIR, STYLE_CLASSIFIER_DIR
@@ -47,12 +50,16 @@ SPOT_CHECK_N = 128  # held-out images a cached classifier must still recognise w
 INPUTS = ("rgb", "structure")  # what the network sees: colour images, or palette-blind luminance
 CACHE_NAMES = {"rgb": "style_classifier", "structure": "structure_classifier"}  # file stems
 DEFAULT_CACHE_DIRS = {"rgb": STYLE_CLASSIFIER_DIR, "structure": STRUCTURE_CLASSIFIER_DIR}
-DEFAULT_STEPS = {"rgb": 400, "structure": 1200}  # batch-64 steps to > 0.99 / > 0.95 held out at 32 px
+DEFAULT_STEPS = {"rgb": 400, "structure": 3000}  # batch-64 steps to > 0.99 / > 0.95 per style, held out
 NOTES = {  # stored with each cache: what the classifier is for
     "rgb": "features for this project's KID; not Inception, not comparable with papers",
-    "structure": "luminance only, trained on randomly recoloured images: judges shapes, not palettes",
+    "structure": "luminance only, trained on randomly recoloured images and on negatives (class 'none'): "
+                 "judges shapes, not palettes, and may reject an image as no style",
 }
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights
+NONE = "none"  # the structure classifier's last class: an image that is none of the styles
+CLASS_NAMES = {"rgb": styles.STYLES, "structure": (*styles.STYLES, NONE)}
+NEGATIVES_FRACTION = 4  # the structure classifier trains on n_train // 4 negatives (20% of its images)
 
 
 # --------------------------------------------------------------------------- the classifier
@@ -260,17 +267,28 @@ def _cache_paths(cache_dir: Path, key: dict) -> tuple[Path, Path]:
 
 def _cache_key(image_size: int, n_train: int, steps: int, seed: int, input: str) -> dict:
     """The settings a cached classifier must have been trained with to be reused."""
-    return {
+    key = {
         "format": CACHE_FORMAT,
         "input": input,
         "image_size": int(image_size),
-        "class_names": list(styles.STYLES),
-        "num_classes": len(styles.STYLES),
+        "class_names": list(CLASS_NAMES[input]),
+        "num_classes": len(CLASS_NAMES[input]),
         "widths": list(ClassifierConfig.widths),
         "n_train": n_train,
         "steps": steps,
         "seed": seed,
     }
+    if input == "structure":
+        key["negatives"] = {"n": n_train // NEGATIVES_FRACTION, "kinds": list(negatives.KINDS)}
+    return key
+
+
+def _with_negatives(images: np.ndarray, labels: np.ndarray, n: int, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Style images (N, H, W, 3), labels (N,) plus `n` negatives made from them, labelled NONE."""
+    fakes, _ = negatives.make_negatives(n, images, labels, seed=seed)
+    none = np.full(n, len(styles.STYLES), dtype=labels.dtype)
+    return np.concatenate([images, fakes]), np.concatenate([labels, none])
 
 
 def _load_cached(
@@ -313,23 +331,34 @@ def _load_cached_or_none(cache_dir: Path, key: dict) -> tuple[StyleClassifier, d
 
 
 def _train_and_measure(key: dict, n_test: int, progress: bool) -> tuple[StyleClassifier, dict]:
-    """Train a classifier with `key`'s settings; info = key + its held-out accuracy + time."""
+    """Train a classifier with `key`'s settings; info = key + its held-out accuracy + time.
+
+    Held out: accuracy overall and per style on real images and, for the structure classifier,
+    the fraction of negatives made from held-out images that it calls "none".
+    """
     size, seed = key["image_size"], key["seed"]
     start = time.perf_counter()
     images, labels = styles.make_styles(key["n_train"], size=size, seed=seed)
+    if "negatives" in key:
+        images, labels = _with_negatives(images, labels, key["negatives"]["n"], seed)
     model = train_style_classifier(
         images, labels, key["num_classes"], steps=key["steps"], seed=seed, input=key["input"],
         progress=progress,
     )  # fmt: skip
     train_seconds = time.perf_counter() - start
     test_images, test_labels = styles.held_out_styles(n_test, size=size, seed=seed)
+    hits = predict(model, test_images) == test_labels  # (n_test,)
     info = {
         "key": key,
-        "held_out_accuracy": style_accuracy(model, test_images, test_labels),
+        "held_out_accuracy": float(hits.mean()),
+        "held_out_per_style": {s: float(hits[test_labels == k].mean()) for k, s in enumerate(styles.STYLES)},
         "n_test": n_test,
         "train_seconds": round(train_seconds, 1),
         "note": NOTES[key["input"]],
     }
+    if "negatives" in key:
+        fakes, _ = negatives.make_negatives(n_test, test_images, test_labels, seed=seed)
+        info["held_out_negatives_judged_none"] = float(np.mean(predict(model, fakes) == len(styles.STYLES)))
     return model, info
 
 

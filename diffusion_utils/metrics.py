@@ -8,7 +8,9 @@ scales, checkpoints); they are not comparable with FID/KID values in papers.
   classifier assigns to the style they were asked for.
 - Structure accuracy: the same with the structure classifier (`classifier.py`, luminance only,
   trained on randomly recoloured images). The style classifier rewards a right palette; this
-  one asks whether the sample has its style's shapes (stripes, rings, lead lines, trails).
+  one asks whether the sample has its style's shapes (stripes, rings, lead lines, trails). It
+  can also answer "none of these" (a maze, speckle, blobs, a swirl: `negatives.py`), which
+  counts as wrong: a sample scores only when the judge's top class is the style asked for.
   Both are reported overall and per style (`per_style`): an average hides a style that fails.
 - KID, the Kernel Inception Distance (Binkowski et al. 2018, "Demystifying MMD GANs"): the
   unbiased estimator of the squared maximum mean discrepancy (Gretton et al. 2012, eq. 3) with
@@ -278,8 +280,8 @@ def evaluate_samples(
 
 
 def _require_style_model(info: checkpoint.ModelInfo) -> None:
-    """ValueError unless the checkpoint's model was trained on the art styles (`styles.STYLES`)."""
-    if info.styles != styles.STYLES:
+    """ValueError unless the checkpoint's model knows every art style (`styles.STYLES`; it may know more)."""
+    if not set(styles.STYLES) <= set(info.class_names):
         trained_on = ", ".join(info.class_names) or "no classes"
         raise ValueError(f"evaluate needs a model trained on the art styles; {info.path} knows "
                          f"{trained_on}")
@@ -331,7 +333,8 @@ def evaluate_checkpoint(
     Loads the EMA weights (`checkpoint.load_model`), samples with `pipeline.sample_model`
     (`steps`/`guidance` None: its defaults), and scores with `evaluate_samples` against the
     model's training set (rebuilt from its stored config) and 2n held-out images
-    (`styles.held_out_styles`). Only for models trained on the art styles: the classifiers
+    (`styles.held_out_styles`). Only for models trained on the art styles, and only their samples
+    of those (a model's extra classes, e.g. "painting", are not sampled): the classifiers
     (`load_judges(size, cache_dir)`) know no other classes. Returns `evaluate_samples`' dict
     (with structure accuracy) plus checkpoint, step, sampler, steps, guidance, eta, seed, both
     classifiers' own held-out accuracy and wall times ("seconds").
@@ -345,9 +348,10 @@ def evaluate_checkpoint(
     size = info.image_size
     clock["load"] = time.perf_counter()
     images, labels = pipeline.sample_model(
-        model, schedule, info, n=n, sampler_name=sampler_name, steps=settings.steps, eta=eta,
-        guidance=settings.guidance, seed=seed, progress=progress,
+        model, schedule, info, n=n, style=list(styles.STYLES), sampler_name=sampler_name,
+        steps=settings.steps, eta=eta, guidance=settings.guidance, seed=seed, progress=progress,
     )  # fmt: skip
+    labels = np.array([styles.STYLES.index(info.class_names[k]) for k in labels])  # model's -> STYLES
     clock["sample"] = time.perf_counter()
     judges = load_judges(size, cache_dir, progress)
     clock["classifier"] = time.perf_counter()
