@@ -6,7 +6,8 @@ Every time the run's checkpoint passes another multiple of `--every` steps, it i
 `--out/step_<N>/` (the Trainer keeps only its newest checkpoint) and measured with
 `metrics.evaluate_checkpoint` (style and structure accuracy, per style) on `--n` samples. Each
 measurement is one JSON line appended to `--out/curve.jsonl`; `--once` measures the snapshots
-already in `--out` that have no line yet and exits (e.g. after the structure judge changed).
+already in `--out` that have no line yet and exits (e.g. after the structure judge changed);
+`--snapshot-only` copies checkpoints without measuring them (while the judges are not ready).
 Stops when the run's checkpoint reaches `--until` steps.
 """
 
@@ -77,13 +78,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--once", action="store_true")
+    parser.add_argument("--snapshot-only", action="store_true", help="copy checkpoints; measure with --once")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     while True:
         step = checkpoint_step(args.run)
         if step is not None and step % args.every == 0:
             snapshot(args.run, args.out, step)
-        for folder in sorted(args.out.glob("step_*")):
+        for folder in [] if args.snapshot_only else sorted(args.out.glob("step_*")):
             if folder.name not in measured(args.out):
                 try:
                     append(args.out, measure(folder, args))
