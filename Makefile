@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	@touch $@
 
-## run: execute every notebook headless (default mode); results land in outputs/
+## run: execute every notebook headless (default mode), then paint a gallery with the shipped 64 px
+## latent model; results land in outputs/
 run: $(STAMP)
 	$(PY) -m diffusion_utils notebooks --out outputs
+	$(PY) -m diffusion_utils sample --checkpoint data/pretrained/latent64 --n 54 --out outputs/latent64_gallery.png
 
 ## test: lint, then the whole test suite (notebooks in fast mode)
 test: $(STAMP)
