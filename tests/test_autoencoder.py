@@ -125,6 +125,7 @@ def test_config_round_trips_through_json():
     (dict(latent_channels=0), "latent_channels"), (dict(kl_weight=-1.0), "kl_weight"),
     (dict(scale_factor=0.0), "scale_factor"), (dict(learning_rate=float("nan")), "learning_rate"),
     (dict(attention="yes"), "attention"), (dict(batch_size=True), "batch_size"),
+    (dict(crop_size=32), "crop_size"), (dict(crop_size=10), "crop_size"),  # > image_size; not a multiple of f
 ])
 def test_bad_configs_fail_with_one_line_naming_the_field(bad, field):
     with pytest.raises(ValueError, match=f"AutoencoderConfig.{field}") as err:
